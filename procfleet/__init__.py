@@ -1,0 +1,1 @@
+"""The ``procfleet`` command and the all-in-one local stack."""

@@ -1,0 +1,5 @@
+import sys
+
+from procfleet.cli import main
+
+sys.exit(main())

