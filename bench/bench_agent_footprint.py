@@ -1,0 +1,264 @@
+"""Agent footprint: steady-state RSS and CPU per cycle of the real agent, side by side with
+its baselines (the bare interpreter, one `ps` run, the real process_exporter it scrapes).
+
+Runs `python -m procfleet agent` in a subprocess at a short interval against a stub gateway
+(stdlib http.server, answers 202) and a real process_exporter on a free port (if installed),
+with sleeping filler processes so the host has about ``--target-procs`` processes. CPU comes
+from /proc/<pid>/stat (utime+stime, and cutime+cstime for the `ps` children it reaps), RSS
+from /proc/<pid>/status (VmRSS). The work of one cycle does not depend on the interval, so
+CPU per cycle measured at 1 s is what a 15 s interval pays per tick.
+
+    .venv/bin/python bench/bench_agent_footprint.py [--cycles 20] [--target-procs 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GOAL_RSS_MB = 35.0
+GOAL_CPU_PERCENT = 0.5
+GOAL_INTERVAL_S = 15.0
+EXPORTER_CONFIG = """\
+process_names:
+  - name: "{{.Comm}}"
+    cmdline:
+    - '.+'
+"""
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own utime+stime, reaped children's cutime+cstime) in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        rest = fh.read().rsplit(")", 1)[1].split()
+    own = (int(rest[11]) + int(rest[12])) / CLK_TCK
+    children = (int(rest[13]) + int(rest[14])) / CLK_TCK
+    return own, children
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def count_processes() -> int:
+    return sum(1 for name in os.listdir("/proc") if name.isdigit())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StubGateway:
+    """POST /v1/reports -> 202; remembers (time, processes, groups, bytes) per report."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[float, int, int, int]] = []
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                doc = json.loads(gzip.decompress(body))
+                with stub.lock:
+                    stub.reports.append((time.monotonic(), len(doc["processes"]),
+                                         len(doc["process_groups"]), len(body)))
+                payload = b'{"accepted": true}'
+                self.send_response(202)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.reports)
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_exporter(workdir: Path) -> tuple[subprocess.Popen | None, str]:
+    binary = shutil.which("prometheus-process-exporter") or shutil.which("process-exporter")
+    if binary is None:
+        return None, "http://127.0.0.1:9/metrics"  # closed port: the agent logs one warning
+    config = workdir / "exporter.yml"
+    config.write_text(EXPORTER_CONFIG)
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-config.path", str(config), "-web.listen-address", f"127.0.0.1:{port}",
+         "-threads=false", "-gather-smaps=false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    wait_for(answers, 15, "process_exporter")
+    return proc, url
+
+
+def ps_alone_cpu_ms(runs: int) -> float:
+    """CPU of one run of the collector's own command (`env LC_ALL=C TZ=UTC0 ps -e -ww -o …`)."""
+    from agent.collectors.process_table import PROCPS_PLAN
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(runs):
+        subprocess.run(list(PROCPS_PLAN.argv), stdout=subprocess.DEVNULL, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return used / runs * 1000
+
+
+def idle_rss_mb(python: str, code: str) -> float:
+    """RSS of a Python process that ran ``code`` and then sleeps (an interpreter baseline)."""
+    proc = subprocess.Popen([python, "-c", code + "\nimport time; time.sleep(30)"])
+    try:
+        time.sleep(2.0)
+        return rss_mb(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=20, help="measured cycles")
+    parser.add_argument("--warmup", type=int, default=3, help="cycles before measuring")
+    parser.add_argument("--interval-s", type=float, default=1.0)
+    parser.add_argument("--target-procs", type=int, default=300,
+                        help="add sleeping processes until the host has this many")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter that runs the agent, e.g. of a venv with "
+                        "`pip install procfleet` and no extras (default: this one)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="procfleet-bench-agent-"))
+    fillers: list[subprocess.Popen] = []
+    exporter = agent = None
+    try:
+        for _ in range(max(0, args.target_procs - count_processes())):
+            fillers.append(subprocess.Popen(["sleep", "3600"]))
+        exporter, exporter_url = start_exporter(workdir)
+        procs_during = count_processes()
+        gateway = StubGateway()
+        config = workdir / "agent.toml"
+        config.write_text(
+            f'gateway_url = "{gateway.url}"\ntoken = "bench-token"\n'
+            f"interval_s = {args.interval_s}\nsplay_s = 0\n"
+            f'spool_dir = "{workdir / "spool"}"\nprocess_exporter_url = "{exporter_url}"\n'
+        )
+        log_path = workdir / "agent.log"
+        with open(log_path, "wb") as log_file:
+            agent = subprocess.Popen(
+                [args.python, "-m", "procfleet", "agent", "--config", str(config)],
+                stdout=subprocess.DEVNULL, stderr=log_file,
+            )
+        wait_for(lambda: gateway.count() >= args.warmup or agent.poll() is not None, 60,
+                 "warm-up reports")
+        if agent.poll() is not None:
+            raise SystemExit(f"agent exited early:\n{log_path.read_text()[-2000:]}")
+
+        start_n = gateway.count()
+        own0, kids0 = cpu_seconds(agent.pid)
+        exp0 = sum(cpu_seconds(exporter.pid)) if exporter else 0.0
+        rss_samples: list[float] = []
+        while gateway.count() < start_n + args.cycles:
+            rss_samples.append(rss_mb(agent.pid))
+            time.sleep(0.1)
+        end_n = gateway.count()
+        own1, kids1 = cpu_seconds(agent.pid)
+        exp1 = sum(cpu_seconds(exporter.pid)) if exporter else 0.0
+        cycles = end_n - start_n
+        exporter_rss = rss_mb(exporter.pid) if exporter else float("nan")
+        reports = gateway.reports[start_n:end_n]
+        ps_ms = ps_alone_cpu_ms(20)  # while the filler processes still run
+    finally:
+        for proc in [agent, exporter, *fillers]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in [agent, exporter, *fillers]:
+            if proc is not None:
+                proc.wait(timeout=15)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    own_ms = (own1 - own0) / cycles * 1000
+    kids_ms = (kids1 - kids0) / cycles * 1000
+    total_ms = own_ms + kids_ms
+    exporter_ms = (exp1 - exp0) / cycles * 1000
+    bare_rss = idle_rss_mb(args.python, "pass")
+    imports_rss = idle_rss_mb(args.python, "import agent.runner, agent.report, httpx, ssl\n"
+                              "ssl.create_default_context()")
+    rss_steady = statistics.median(rss_samples)
+    rss_first, rss_last = rss_samples[0], rss_samples[-1]
+    rss_max = max(rss_samples)
+    cpu_percent_15s = total_ms / 1000 / GOAL_INTERVAL_S * 100
+
+    print(f"host: {os.cpu_count()} cores, {procs_during} processes during the run; "
+          f"reports carried {statistics.median(r[1] for r in reports):.0f} processes and "
+          f"{statistics.median(r[2] for r in reports):.0f} exporter groups, "
+          f"{statistics.median(r[3] for r in reports) / 1024:.1f} KiB gzip each")
+    print(f"measured {cycles} cycles at interval_s={args.interval_s} after {args.warmup} warm-up; "
+          f"RSS {rss_first:.1f} MB at the first measured cycle, {rss_last:.1f} MB at the last")
+    print()
+    print(f"{'figure':44s} {'agent':>10s} {'baseline':>10s} {'ratio':>7s}  baseline is")
+    rows = [
+        ("steady RSS, median (MB)", rss_steady, exporter_rss, "process_exporter RSS"),
+        ("steady RSS, max (MB)", rss_max, bare_rss, "bare python RSS"),
+        ("RSS of imports alone (MB)", imports_rss, bare_rss, "bare python RSS"),
+        ("CPU per cycle, agent incl. ps (ms)", total_ms, ps_ms, "one ps run alone"),
+        ("CPU per cycle, agent process only (ms)", own_ms, exporter_ms,
+         "process_exporter per scrape"),
+        ("CPU per cycle, reaped ps children (ms)", kids_ms, ps_ms, "one ps run alone"),
+    ]
+    for name, value, base, base_name in rows:
+        ratio = value / base if base and base == base else float("nan")
+        print(f"{name:44s} {value:10.1f} {base:10.1f} {ratio:6.2f}x  {base_name}")
+    print()
+    cpu_verdict = "met" if cpu_percent_15s < GOAL_CPU_PERCENT else "MISSED"
+    rss_verdict = "met" if rss_max <= GOAL_RSS_MB else "MISSED"
+    print(f"at a {GOAL_INTERVAL_S:.0f} s interval: CPU {cpu_percent_15s:.3f} % of one core "
+          f"(goal < {GOAL_CPU_PERCENT} %: {cpu_verdict}); "
+          f"RSS {rss_max:.1f} MB (goal <= {GOAL_RSS_MB:.0f} MB: {rss_verdict})")
+
+
+if __name__ == "__main__":
+    main()
