@@ -1,0 +1,18 @@
+"""Digest workers: Redis Streams → PostgreSQL, exactly-once rows from at-least-once streams.
+
+    settings.py    WorkerSettings, read once from the environment
+    redis_client.py  RESP2 clients (hiredis packing, raw stream replies), the shard count
+    streams.py     the consumer side of the stream contract (group, reads, claims, acks)
+    batch.py       a batch in hand: entries, decoded messages, entries set aside
+    rows.py        decoded messages → table rows
+    timestamps.py  the epoch-seconds timestamptz codec of the worker's connections
+    writer.py      one batch → one transaction (COPY / staging / unnest), poison isolation
+    worker.py      the pipeline: read → write → settle, retries, shutdown
+    partitions.py  daily partitions: ahead of time, default-partition rescue, retention
+    monitor.py     run totals, batch metrics, the periodic summary line, per-shard gauges
+    rollup.py      per-minute / per-hour rollups for the query side (its own owner)
+    metrics.py     Prometheus metrics and /metrics
+    supervisor.py  N worker processes on one host
+
+Imports of our code: ``ingest_gateway.stream`` (the contract) and ``agent.errors`` only.
+"""

@@ -258,7 +258,26 @@ class EmbeddedPostgres(_Server):
         finally:
             log_file.close()
         _wait_for_port(self.port, self.proc, log_path, "postgres")
+        self._wait_until_accepting(log_path)
         log.info("postgresql started", extra={"kv": {"pid": self.pid, "url": self.url}})
+
+    def _wait_until_accepting(self, log_path: Path) -> None:
+        """A listening port is not yet a server that accepts connections ("the database
+        system is starting up" while it replays WAL): ask pg_isready until it says so."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            ready = subprocess.run(
+                [_pg_bin("pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
+                 "-U", "postgres", "-d", "postgres", "-t", "2"],
+                stdin=subprocess.DEVNULL, capture_output=True,
+            )
+            if ready.returncode == 0:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise EmbeddedServerError(f"postgres does not accept connections on port {self.port}; "
+                                  f"log tail ({log_path}):\n{_log_tail(log_path)}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         # SIGTERM is "smart" shutdown (waits for clients); SIGINT is "fast" (aborts them).

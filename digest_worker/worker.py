@@ -1,0 +1,319 @@
+"""The digest worker: stream entries in, table rows out, exactly once.
+
+One pipeline per process, three stages that overlap on the event loop::
+
+    read  (own pending first, stalled entries of dead consumers, then new ones) + decode
+      → write  (BatchWriter: one transaction, one round trip per table) → COMMIT
+      → settle (XADD dead letters + XACK + trim what is acknowledged, in one MULTI)
+      → one ``batch`` log line
+
+While batch N is written, batch N+1 is read and decoded and batch N-1 is settled. Nothing is
+acknowledged before its transaction committed; a crash anywhere re-delivers entries whose rows
+the unique keys then absorb.
+
+- PostgreSQL or Redis unreachable: retry with backoff (digest_worker/retrying.py), the batch
+  kept in hand and nothing acknowledged; during a long outage the held entries are re-claimed
+  by this consumer so no one else takes them.
+- A message that cannot be decoded, cannot be inserted, or was delivered more than
+  ``max_deliveries`` times goes to the dead-letter stream with its reason (an error line
+  each); the rest of its batch lands.
+- ``stop()`` (SIGTERM): finish and acknowledge the batches in hand, then return; a
+  ``worker stopped`` line sums up the run. ``burst``: return once the streams are drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from digest_worker import partitions, redis_client, rollup, streams
+from digest_worker.batch import INSERT_FAILED, Batch, decode_batch
+from digest_worker.metrics import WorkerMetrics
+from digest_worker.monitor import WorkerSummary, account_batch, every, log_summary
+from digest_worker.retrying import retry_until_stopped
+from digest_worker.settings import WorkerSettings
+from digest_worker.streams import Entry, GroupConsumer
+from digest_worker.writer import BatchWriter, WriteResult
+from ingest_gateway import stream
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# How long a burst worker waits for more entries before it calls the streams drained.
+BURST_BLOCK_MS = 100
+
+
+class Worker:
+    """One digest worker process's loop; ``run`` connects to the URLs of ``settings``."""
+
+    def __init__(self, settings: WorkerSettings, *, metrics: WorkerMetrics | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.settings = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.writer = BatchWriter(settings.insert_method)
+        self.summary = WorkerSummary()
+        self.clock = clock
+        self.consumer: GroupConsumer | None = None
+        self.pool: asyncpg.Pool | None = None
+        self._stopping = asyncio.Event()
+        self._stop_reason = "burst" if settings.burst else "stopped"
+        self._pending_first = True
+        self._in_hand: list[Batch] = []  # read, not yet acknowledged
+        self._next_claim_s = 0.0
+        self._active_shards = settings.shards
+        self.window_rows = 0  # rows since the last summary line, and since when
+        self.window_started_s = time.monotonic()
+
+    def stop(self, reason: str = "signal") -> None:
+        """Finish the batches in hand, acknowledge them, and return from ``run``."""
+        self._stop_reason = reason
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> WorkerSummary:
+        """Consume until ``stop()`` (or, in burst mode, until the streams are drained)."""
+        self.summary.started_at = time.monotonic()
+        settings = self.settings
+        commands = redis_client.connect(settings.redis_url, settings.socket_timeout_s)
+        reader = redis_client.connect(settings.redis_url, settings.socket_timeout_s,
+                                 single_connection=True)
+        background: list[asyncio.Task] = []
+        try:
+            shards = await self._retry("redis", redis_client.shard_count, commands, settings.shards)
+            self.consumer = GroupConsumer(commands, reader, settings.consumer_name, shards,
+                                          settings.dead_letter_maxlen)
+            self._active_shards = shards
+            await self._retry("redis", self.consumer.ensure_groups)
+            self.pool = await self._retry("database", self._create_pool)
+            await self._retry("database", self.upkeep)
+            if settings.metrics_port is not None:
+                self.metrics.serve(settings.metrics_port)
+            effective = settings.describe()
+            del effective["consumer_name"]
+            # shards: the count in use (the gateway's), not the fallback setting
+            log.info("worker started", extra={"kv": {
+                "consumer": settings.consumer_name, **effective, "shards": shards}})
+            background = [
+                asyncio.create_task(every(settings.summary_interval_s, self.report)),
+                asyncio.create_task(every(settings.upkeep_interval_s, self.upkeep)),
+                # Query-side rollups (digest_worker/rollup.py; one worker at a time does it).
+                asyncio.create_task(every(rollup.INTERVAL_S, rollup.RollupJob(
+                    self.pool, retention_days=settings.retention_days,
+                    partitions_ahead_days=settings.partitions_ahead_days).refresh_rollups)),
+            ]
+            await self._consume()
+        except Exception:
+            if not self.stopping:  # stopped while waiting for Redis / PostgreSQL: not an error
+                raise
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self.metrics.close()
+            if self.pool is not None:
+                await asyncio.wait_for(self.pool.close(), 10)
+            await reader.aclose()
+            await commands.aclose()
+            log.info("worker stopped",
+                     extra={"kv": {"reason": self._stop_reason, **self.summary.as_kv()}})
+        return self.summary
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        # One connection each for the writer, partition upkeep and the rollup job, so that
+        # the periodic jobs never make a batch wait for a connection.
+        return await asyncpg.create_pool(
+            self.settings.database_url, min_size=1, max_size=3, init=self.writer.prepare,
+            command_timeout=60, timeout=self.settings.socket_timeout_s,
+        )
+
+    # -- the pipeline ----------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        self.summary.consuming_since = time.monotonic()
+        fetch: asyncio.Task | None = asyncio.create_task(self._collect())
+        settling: asyncio.Task | None = None
+        try:
+            while fetch is not None:
+                try:
+                    batch = await fetch
+                except Exception:
+                    if self.stopping:  # Redis down at shutdown: nothing in hand
+                        return
+                    raise
+                fetch = None
+                if not self.stopping and (batch or not self.settings.burst):
+                    fetch = asyncio.create_task(self._collect())
+                if not batch:
+                    continue
+                started_s = time.monotonic()
+                try:
+                    result = await self._write(batch)
+                except Exception as exc:
+                    if not self.stopping:
+                        raise
+                    log.warning("batch not written at shutdown: its entries stay pending "
+                                "and another consumer will claim them", extra={"kv": {
+                                    "rows": len(batch),
+                                    "error": f"{type(exc).__name__}: {exc}"[:300]}})
+                    return
+                if settling is not None:
+                    await settling
+                settling = asyncio.create_task(self._settle(batch, result, started_s))
+        finally:
+            for task in (fetch, settling):
+                if task is not None:
+                    await asyncio.gather(task, return_exceptions=True)
+
+    async def _collect(self) -> Batch:
+        """The next batch, decoded: up to ``batch_size`` entries, waiting at most
+        ``batch_max_wait_ms`` once the first is in (``block_ms`` for the first)."""
+        entries = await self._retry("redis", self._read_entries)
+        batch = decode_batch(entries, self.settings.max_deliveries)
+        if batch:
+            self._in_hand.append(batch)
+        return batch
+
+    async def _read_entries(self) -> list[Entry]:
+        if self.stopping:
+            return []
+        try:
+            return await self._read_batch()
+        except Exception:
+            # Entries may have been delivered to us and lost on the way: re-read our own
+            # pending entries first next time.
+            self._pending_first = True
+            raise
+
+    async def _read_batch(self) -> list[Entry]:
+        settings, consumer = self.settings, self.consumer
+        assert consumer is not None
+        entries: list[Entry] = []
+        if self._pending_first:
+            entries += await consumer.read_own_pending(settings.batch_size)
+            self._pending_first = False
+        if time.monotonic() >= self._next_claim_s:
+            in_hand = frozenset((e.shard, e.entry_id) for b in self._in_hand for e in b.entries)
+            claimed, more = await consumer.claim_stalled(
+                settings.claim_idle_ms, settings.batch_size, in_hand)
+            entries += claimed
+            # An incomplete scan may have left stalled entries behind: claim again next batch.
+            self._next_claim_s = 0.0 if more else (
+                time.monotonic() + min(settings.claim_idle_ms / 2000, 30.0))
+        deadline_s = None
+        while len(entries) < settings.batch_size and not self.stopping:
+            if deadline_s is None:
+                block_ms = BURST_BLOCK_MS if settings.burst else settings.block_ms
+            else:
+                block_ms = int((deadline_s - time.monotonic()) * 1000)
+                if block_ms <= 0:
+                    break
+            # COUNT applies per stream: share what is missing between the shards that had data.
+            missing = settings.batch_size - len(entries)
+            count = max(1, -(-missing // max(1, self._active_shards)))
+            try:
+                got = await consumer.read(count, block_ms)
+            except RedisError as exc:
+                if not streams.is_missing_group(exc):
+                    raise
+                await self._recreate_groups()
+                continue
+            if not got:
+                break
+            self._active_shards = len({entry.shard for entry in got})
+            entries += got
+            if deadline_s is None:
+                deadline_s = time.monotonic() + settings.batch_max_wait_ms / 1000
+        return entries
+
+    async def _recreate_groups(self) -> None:
+        assert self.consumer is not None
+        created = await self.consumer.ensure_groups()
+        log.error("consumer group missing (Redis lost its data?), recreated it; entries "
+                  "still in the stream will be delivered again",
+                  extra={"kv": {"group": stream.GROUP, "shards": created}})
+
+    async def _write(self, batch: Batch) -> WriteResult:
+        if not batch.messages:
+            return WriteResult()
+        consumer = self.consumer
+        assert consumer is not None
+
+        async def keep_claimed() -> None:
+            # A long outage: keep our entries from being claimed (and counted) by others.
+            with contextlib.suppress(RedisError, OSError):  # Redis down too: next attempt
+                await consumer.keep_claimed(batch.entries)
+
+        result = await self._retry("database", self._commit, batch.messages,
+                                   while_waiting=keep_claimed)
+        for index, reason in result.poison:
+            batch.dead.append((batch.sources[index], INSERT_FAILED, f"cannot insert: {reason}"))
+        return result
+
+    async def _commit(self, messages: list) -> WriteResult:
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            return await self.writer.commit(conn, messages)
+
+    async def _settle(self, batch: Batch, result: WriteResult, started_s: float) -> None:
+        """Dead-letter, acknowledge and delete the entries of a committed batch, log it."""
+        try:
+            await self._settle_batch(batch, result, started_s)
+        finally:
+            self._in_hand.remove(batch)
+
+    async def _settle_batch(self, batch: Batch, result: WriteResult, started_s: float) -> None:
+        assert self.consumer is not None
+        insert_ms = (time.monotonic() - started_s) * 1000
+        for entry, label, reason in batch.dead:
+            log.error("entry dead-lettered", extra={"kv": {
+                "shard": entry.shard, "id": entry.entry_id.decode(), "reason": reason,
+                "deliveries": entry.deliveries,
+                "dead_letter_stream": stream.dead_letter_stream(entry.shard)}})
+            self.metrics.dead_lettered.labels(label).inc()
+        try:
+            backlog = await self._retry("redis", self.consumer.settle, batch.entries,
+                                        [(entry, reason) for entry, _, reason in batch.dead])
+        except Exception as exc:  # only when stopping: rows are committed, entries redelivered
+            log.warning("batch committed but not acknowledged at shutdown: it will be "
+                        "delivered again and absorbed as duplicates", extra={"kv": {
+                            "rows": len(batch), "error": f"{type(exc).__name__}: {exc}"[:300]}})
+            return
+        account_batch(self, batch, result, started_s)
+        log.info("batch", extra={"kv": {
+            "rows": len(batch), "inserted": result.inserted_total,
+            "duplicates": result.duplicates_total, "dead_lettered": len(batch.dead),
+            "insert_ms": round(insert_ms, 1), "backlog": backlog}})
+
+    async def _retry(self, target: str, func: Callable[..., Awaitable[T]], *args: Any,
+                     while_waiting: Callable[[], Awaitable[None]] | None = None) -> T:
+        return await retry_until_stopped(
+            target, func, *args, stopping=self._stopping,
+            max_delay_s=self.settings.retry_max_delay_s,
+            on_retry=self.metrics.retries.labels(target).inc, while_waiting=while_waiting)
+
+    # -- periodic work ---------------------------------------------------------------------
+
+    async def upkeep(self) -> partitions.UpkeepReport:
+        """Create partitions ahead, rescue the default partition, apply the retention."""
+        assert self.pool is not None
+        settings = self.settings
+        async with self.pool.acquire() as conn:
+            return await partitions.run_upkeep(
+                conn, self.clock().date(), settings.retention_days,
+                settings.partitions_ahead_days)
+
+    async def report(self) -> dict[int, dict[str, float]]:
+        """Log the ``summary`` line and refresh the per-shard gauges."""
+        assert self.consumer is not None
+        return await log_summary(self)

@@ -1,0 +1,217 @@
+"""Pure parts of the worker: settings, rows, timestamps, decoding a batch, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent.errors import ConfigError
+from digest_worker.batch import MAX_DELIVERIES, UNDECODABLE, decode_batch
+from digest_worker.retrying import retry_until_stopped
+from digest_worker.rows import TABLE_COLUMNS, build_rows
+from digest_worker.settings import WorkerSettings, mask_url
+from digest_worker.streams import Entry
+from digest_worker.timestamps import (
+    UNKNOWN_START_TIME,
+    decode_timestamptz,
+    encode_timestamptz,
+    to_pg_microseconds,
+)
+from ingest_gateway import stream
+
+# -- settings ----------------------------------------------------------------------------
+
+
+def test_settings_come_from_the_environment_then_the_command_line():
+    settings = WorkerSettings.from_env(
+        {"REDIS_URL": "redis://cache:6380/1", "PROCFLEET_WORKER_BATCH_SIZE": "1000",
+         "PROCFLEET_RETENTION_DAYS": "14", "PROCFLEET_WORKER_SOCKET_TIMEOUT_S": "20.5"},
+        metrics_port=9400, burst=None)
+    assert settings.redis_url == "redis://cache:6380/1"
+    assert (settings.batch_size, settings.retention_days, settings.socket_timeout_s) == (
+        1000, 14, 20.5)
+    assert settings.metrics_port == 9400 and settings.burst is False
+
+
+@pytest.mark.parametrize(("env", "key", "bad"), [
+    ({"PROCFLEET_WORKER_BATCH_SIZE": "lots"}, "PROCFLEET_WORKER_BATCH_SIZE", "lots"),
+    ({"PROCFLEET_WORKER_BATCH_SIZE": "0"}, "batch_size", 0),
+    ({"PROCFLEET_WORKER_INSERT_METHOD": "magic"}, "insert_method", "magic"),
+    ({"PROCFLEET_WORKER_BLOCK_MS": "9000"}, "block_ms", 9000),
+    ({"DATABASE_URL": "mysql://x"}, "database_url", "mysql://x"),
+])
+def test_invalid_settings_name_the_key_and_the_value(env, key, bad):
+    with pytest.raises(ConfigError) as caught:
+        WorkerSettings.from_env(env)
+    assert caught.value.key == key and caught.value.value == bad
+
+
+def test_block_time_must_stay_well_under_the_socket_timeout():
+    WorkerSettings(block_ms=5000, socket_timeout_s=10)
+    with pytest.raises(ConfigError, match="half of socket_timeout_s"):
+        WorkerSettings(block_ms=5001, socket_timeout_s=10)
+
+
+def test_passwords_are_masked_in_the_start_line_settings():
+    settings = WorkerSettings(redis_url="redis://:s3cret@cache:6379/0",
+                              database_url="postgresql://app:hunter2@db:5432/procfleet")
+    described = settings.describe()
+    assert described["redis_url"] == "redis://:***@cache:6379/0"
+    assert described["database_url"] == "postgresql://app:***@db:5432/procfleet"
+    assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_each_worker_gets_a_distinct_consumer_name():
+    first, second = WorkerSettings(), WorkerSettings()
+    assert first.consumer_name != second.consumer_name
+    host, pid, _random = first.consumer_name.rsplit("-", 2)
+    assert host and pid.isdigit()
+
+
+# -- rows --------------------------------------------------------------------------------
+
+
+def process(server_id="s", ts=100.0, pid=1, start=50.0):
+    return ("p", (server_id, ts, pid, start, None, None, "n", "", *[None] * 9))
+
+
+def test_table_columns_follow_the_stream_columns():
+    assert TABLE_COLUMNS["process_samples"][:6] == (
+        "server_id", "ts", "pid", "start_time", "ppid", "username")
+    assert TABLE_COLUMNS["process_group_samples"] == stream.COLUMNS["g"]
+    assert TABLE_COLUMNS["snapshots"] == stream.COLUMNS["s"]
+
+
+def test_process_without_start_time_gets_the_epoch_sentinel():
+    rows = build_rows([process(start=None), process(pid=2)])
+    [first, second] = rows.tables["process_samples"]
+    assert first[3] == UNKNOWN_START_TIME == 0.0
+    assert second[3] == 50.0 and len(first) == len(TABLE_COLUMNS["process_samples"])
+
+
+def test_servers_are_seen_once_per_batch_with_first_last_and_newest_metadata():
+    host_old = ("h", ("a", 90.0, "r1", "old", "linux", "", None, "1"))
+    host_new = ("h", ("a", 120.0, "r2", "new", "linux", "", None, "2"))
+    rows = build_rows([process("b", 300.0), host_new, process("a", 100.0), host_old,
+                       process("a", 80.0)])
+    [a, b] = rows.server_rows()
+    assert a == ("a", "new", "linux", "", None, "2", "r2", 120.0, 80.0, 120.0)
+    assert b[0] == "b" and b[-3:] == (None, 300.0, 300.0)
+    assert rows.host_messages == 2 and len(rows) == 5
+
+
+@pytest.mark.parametrize("bad", [
+    process(ts="yesterday"), process(server_id=7), ("h", (["x"], 1.0, *[None] * 6)),
+])
+def test_values_that_cannot_be_rows_raise_type_error(bad):
+    with pytest.raises(TypeError):
+        build_rows([bad])
+
+
+# -- timestamps --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1_790_000_000.123456, 1_790_000_000.9999995, -1.5])
+def test_timestamp_codec_matches_datetime_fromtimestamp(seconds):
+    moment = datetime.fromtimestamp(seconds, UTC)
+    (microseconds,) = struct.unpack("!q", encode_timestamptz(seconds))
+    assert datetime(2000, 1, 1, tzinfo=UTC) + timedelta(microseconds=microseconds) == moment
+    assert decode_timestamptz(encode_timestamptz(seconds)) == moment
+    assert encode_timestamptz(moment) == encode_timestamptz(seconds)
+
+
+@pytest.mark.parametrize("bad", ["2026-01-01", None, [1.0]])
+def test_timestamp_codec_rejects_what_is_not_epoch_seconds(bad):
+    with pytest.raises(TypeError):
+        encode_timestamptz(bad)
+
+
+def test_timestamp_out_of_range_is_a_value_error():
+    with pytest.raises(ValueError, match="out of range"):
+        to_pg_microseconds(1e20)
+
+
+# -- decoding a batch --------------------------------------------------------------------
+
+
+def entry(fields, deliveries=1, entry_id=b"1-0"):
+    return Entry(0, entry_id, fields, deliveries)
+
+
+def encoded(kind, row):
+    return [x for pair in stream.encode(kind, row).items() for x in pair]
+
+
+def test_decode_batch_sets_aside_undecodable_and_over_delivered_entries():
+    good = entry(encoded(*process()), entry_id=b"1-1")
+    tired = entry(encoded(*process()), deliveries=6, entry_id=b"1-2")
+    garbage = entry([b"v", b"1", b"d", b"not json"], entry_id=b"1-3")
+    gone = entry(None, entry_id=b"1-4")  # deleted while pending
+
+    batch = decode_batch([good, tired, garbage, gone], max_deliveries=5)
+
+    assert batch.messages == [process()] and batch.sources == [good]
+    assert [(e, label) for e, label, _reason in batch.dead] == [
+        (tired, MAX_DELIVERIES), (garbage, UNDECODABLE)]
+    assert batch.dead[0][2] == "delivered 6 times (max_deliveries=5)"
+    assert len(batch) == 4
+
+
+def test_decode_batch_reads_entries_with_extra_fields():
+    fields = [b"trace", b"x", *encoded(*process())]
+    batch = decode_batch([entry(fields)], max_deliveries=5)
+    assert batch.messages == [process()]
+
+
+# -- retries -----------------------------------------------------------------------------
+
+
+async def test_retry_logs_each_attempt_with_the_next_delay_then_succeeds(caplog):
+    calls = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError("down")
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="digest_worker"):
+        result = await retry_until_stopped("database", flaky, stopping=asyncio.Event(),
+                                           max_delay_s=0.01)
+    assert result == "ok" and len(calls) == 3
+    warnings = [r for r in caplog.records if r.getMessage() == "database unavailable, retrying"]
+    assert [r.kv["attempt"] for r in warnings] == [1, 2]
+    assert all(r.kv["next_delay_s"] >= 0 and "ConnectionRefusedError" in r.kv["error"]
+               for r in warnings)
+
+
+async def test_retry_gives_up_once_the_worker_is_stopping():
+    stopping = asyncio.Event()
+
+    async def always_down() -> None:
+        stopping.set()
+        raise ConnectionRefusedError("down")
+
+    with pytest.raises(ConnectionRefusedError):
+        await retry_until_stopped("redis", always_down, stopping=stopping, max_delay_s=0.01)
+
+
+async def test_worker_waiting_for_an_unreachable_redis_stops_cleanly(caplog):
+    from digest_worker.worker import Worker
+    from procfleet.embedded import free_port
+
+    worker = Worker(WorkerSettings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                                   socket_timeout_s=1, block_ms=100, retry_max_delay_s=0.05))
+    with caplog.at_level(logging.INFO, logger="digest_worker"):
+        task = asyncio.create_task(worker.run())
+        while not any(r.getMessage() == "redis unavailable, retrying" for r in caplog.records):
+            await asyncio.sleep(0.02)
+        worker.stop("sigterm")
+        summary = await asyncio.wait_for(task, 10)
+    assert summary.rows == 0
+    [stopped] = [r for r in caplog.records if r.getMessage() == "worker stopped"]
+    assert stopped.kv["reason"] == "sigterm"

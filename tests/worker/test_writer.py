@@ -1,0 +1,111 @@
+"""BatchWriter against a real database: methods, fallback, poison isolation, servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from digest_worker.writer import FALLBACK_BATCHES, BatchWriter, is_poison
+from tests.worker.conftest import report_messages
+
+pytestmark = pytest.mark.integration
+
+TS = 1_790_000_000.0
+
+
+@pytest.fixture
+async def conn(database):
+    connection = await asyncpg.connect(database)
+    yield connection
+    await connection.close()
+
+
+async def prepared(conn, method: str) -> BatchWriter:
+    writer = BatchWriter(method)
+    await writer.prepare(conn)
+    return writer
+
+
+async def test_copy_falls_back_to_on_conflict_when_rows_exist_then_stays_there(conn):
+    writer = await prepared(conn, "copy")
+    messages = report_messages("srv", TS, processes=30)
+    first = await writer.commit(conn, messages)
+    again = await writer.commit(conn, messages)
+
+    assert not first.fell_back and first.inserted["process_samples"] == 30
+    assert again.fell_back and again.inserted_total == 1  # the host message
+    assert again.duplicates == {"process_samples": 30, "process_group_samples": 2,
+                                "snapshots": 1}
+    upcoming = [writer._method_for_next_batch() for _ in range(FALLBACK_BATCHES + 1)]
+    assert upcoming == ["staging"] * FALLBACK_BATCHES + ["copy"]
+
+
+@pytest.mark.parametrize("method", ["copy", "staging", "unnest"])
+async def test_every_method_writes_the_same_rows(conn, method):
+    writer = await prepared(conn, method)
+    messages = report_messages("srv", TS, processes=25)
+
+    result = await writer.commit(conn, messages)
+
+    assert result.inserted_total == len(messages) and result.poison == []
+    rows = await conn.fetch("SELECT * FROM process_samples ORDER BY pid")
+    assert [r["pid"] for r in rows] == list(range(100, 125))
+    assert rows[3]["start_time"] == datetime.fromtimestamp(TS - 86400 + 3, UTC)
+    assert rows[3]["cpu_seconds_total"] == 4.5 and rows[3]["username"] == "root"
+
+
+async def test_bisection_isolates_each_poison_message_and_writes_the_rest(conn):
+    writer = await prepared(conn, "copy")
+    messages = [m for n in range(10) for m in report_messages(f"s{n}", TS, processes=40)]
+    poison_at = [3, 200, len(messages) - 1]
+    for index in poison_at:
+        kind, row = messages[index]
+        messages[index] = ("p", (row[0], TS, 1, None, None, None, "bad\x00", "", *[None] * 9))
+
+    result = await writer.commit(conn, messages)
+
+    assert [index for index, _reason in result.poison] == poison_at
+    assert all("CharacterNotInRepertoire" in reason for _index, reason in result.poison)
+    assert result.inserted_total == len(messages) - len(poison_at)
+    healthy = [kind for i, (kind, _row) in enumerate(messages) if i not in poison_at]
+    assert await conn.fetchval("SELECT count(*) FROM process_samples") == healthy.count("p")
+    assert await conn.fetchval("SELECT count(*) FROM process_group_samples") == healthy.count(
+        "g")
+
+
+async def test_newer_host_metadata_wins_whatever_the_order(conn):
+    writer = await prepared(conn, "copy")
+    newer = ("h", ("srv", TS + 60, "r2", "new-name", "linux", "6.9", "b2", "0.2.0"))
+    older = ("h", ("srv", TS, "r1", "old-name", "linux", "6.8", "b1", "0.1.0"))
+    await writer.commit(conn, [newer])
+    await writer.commit(conn, [older])  # a late redelivery of an older report
+
+    server = await conn.fetchrow("SELECT * FROM servers")
+    assert (server["hostname"], server["agent_version"], server["last_report_id"]) == (
+        "new-name", "0.2.0", "r2")
+    assert server["first_seen_at"] == datetime.fromtimestamp(TS, UTC)
+    assert server["last_seen_at"] == server["metadata_at"] == datetime.fromtimestamp(
+        TS + 60, UTC)
+
+
+async def test_samples_before_any_host_message_create_the_server_without_metadata(conn):
+    writer = await prepared(conn, "staging")
+    await writer.commit(conn, report_messages("early", TS)[2:])  # groups and processes only
+
+    server = await conn.fetchrow("SELECT * FROM servers")
+    assert server["server_id"] == "early" and server["hostname"] is None
+    assert server["metadata_at"] is None
+
+
+def test_errors_from_values_are_poison_and_transport_errors_are_not():
+    assert is_poison(asyncpg.NotNullViolationError("null"))
+    assert is_poison(asyncpg.CharacterNotInRepertoireError("nul"))
+    assert is_poison(asyncpg.ProgramLimitExceededError("index row too big"))
+    assert is_poison(TypeError("str is not int")) and is_poison(OverflowError("int64"))
+    assert not is_poison(ConnectionResetError())
+    assert not is_poison(asyncpg.ConnectionDoesNotExistError("gone"))
+    assert not is_poison(asyncpg.AdminShutdownError("shutting down"))
+    assert not is_poison(asyncpg.UndefinedTableError("no table"))
+    assert not is_poison(asyncpg.DeadlockDetectedError("deadlock"))
