@@ -8,6 +8,11 @@ from /proc/<pid>/stat (utime+stime, and cutime+cstime for the `ps` children it r
 from /proc/<pid>/status (VmRSS). The work of one cycle does not depend on the interval, so
 CPU per cycle measured at 1 s is what a 15 s interval pays per tick.
 
+It then prints where the RSS goes: the agent's resident memory split into anonymous memory
+(the Python heap) and file-backed pages (libpython, OpenSSL, pydantic-core's .so), and an
+import ladder (cumulative RSS of a fresh interpreter importing the agent's stack one layer at a
+time; a module shared by two layers is charged to the first).
+
     .venv/bin/python bench/bench_agent_footprint.py [--cycles 20] [--target-procs 300]
 """
 
@@ -57,6 +62,67 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def memory_split_mb(pid: int) -> dict[str, float]:
+    """VmRSS split: anonymous vs file-backed, and the private (unshared) part, in MB."""
+    split: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "RssAnon", "RssFile", "Threads"):
+                value = int(line.split()[1])
+                split[key] = value if key == "Threads" else value / 1024
+    private_kb = 0
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private_kb += int(line.split()[1])
+    split["Private"] = private_kb / 1024
+    return split
+
+
+# The agent's stack, one layer at a time, in the order the layers depend on each other. The
+# last layers are what the first request loads (httpcore's asyncio backend) and what only a
+# retried send loads (tenacity).
+IMPORT_LADDER: tuple[tuple[str, str], ...] = (
+    ("interpreter (+ this probe's json)", ""),
+    ("stdlib used by the agent", "import logging, argparse, json, gzip, subprocess, tomllib"),
+    ("hashlib + ssl (OpenSSL)", "import hashlib, ssl"),
+    ("asyncio", "import asyncio, asyncio.subprocess"),
+    ("prometheus_client (+parser)", "import prometheus_client, prometheus_client.parser"),
+    ("httpx", "import httpx"),
+    ("httpcore, anyio, h11 (first request)", "import httpcore, anyio._backends._asyncio, h11"),
+    ("pydantic", "import pydantic"),
+    ("agent.contract (models built)", "import agent.contract"),
+    ("rest of the agent + procfleet CLI", "import agent.runner, procfleet.cli\n"
+     "procfleet.cli.build_parser()"),
+    ("one SSL context (no CA bundle)", "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)"),
+    ("tenacity (only when a send is retried)", "import tenacity"),
+)
+
+LADDER_PROBE = """
+import json, sys
+def rss_kb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+out = []
+for code in json.loads(sys.argv[1]):
+    exec(code)
+    out.append(rss_kb())
+print(json.dumps(out))
+"""
+
+
+def import_ladder(interpreter: list[str]) -> list[tuple[str, float]]:
+    """Cumulative RSS (MB) after each layer of ``IMPORT_LADDER`` in a fresh interpreter."""
+    codes = json.dumps([code for _, code in IMPORT_LADDER])
+    out = subprocess.run([*interpreter, "-c", LADDER_PROBE, codes], capture_output=True,
+                         text=True, check=True, timeout=120)
+    sizes = json.loads(out.stdout)
+    return [(name, kb / 1024) for (name, _), kb in zip(IMPORT_LADDER, sizes, strict=True)]
 
 
 def count_processes() -> int:
@@ -148,9 +214,9 @@ def ps_alone_cpu_ms(runs: int) -> float:
     return used / runs * 1000
 
 
-def idle_rss_mb(python: str, code: str) -> float:
+def idle_rss_mb(interpreter: list[str], code: str) -> float:
     """RSS of a Python process that ran ``code`` and then sleeps (an interpreter baseline)."""
-    proc = subprocess.Popen([python, "-c", code + "\nimport time; time.sleep(30)"])
+    proc = subprocess.Popen([*interpreter, "-c", code + "\nimport time; time.sleep(30)"])
     try:
         time.sleep(2.0)
         return rss_mb(proc.pid)
@@ -169,7 +235,11 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs the agent, e.g. of a venv with "
                         "`pip install procfleet` and no extras (default: this one)")
+    parser.add_argument("--python-opt", action="append", default=[], metavar="OPT",
+                        help="interpreter option for the agent, the import rows and the ladder, "
+                        "e.g. --python-opt=-OO (repeatable)")
     args = parser.parse_args()
+    interpreter = [args.python, *args.python_opt]
 
     workdir = Path(tempfile.mkdtemp(prefix="procfleet-bench-agent-"))
     fillers: list[subprocess.Popen] = []
@@ -189,7 +259,7 @@ def main() -> None:
         log_path = workdir / "agent.log"
         with open(log_path, "wb") as log_file:
             agent = subprocess.Popen(
-                [args.python, "-m", "procfleet", "agent", "--config", str(config)],
+                [*interpreter, "-m", "procfleet", "agent", "--config", str(config)],
                 stdout=subprocess.DEVNULL, stderr=log_file,
             )
         wait_for(lambda: gateway.count() >= args.warmup or agent.poll() is not None, 60,
@@ -209,6 +279,7 @@ def main() -> None:
         exp1 = sum(cpu_seconds(exporter.pid)) if exporter else 0.0
         cycles = end_n - start_n
         exporter_rss = rss_mb(exporter.pid) if exporter else float("nan")
+        agent_split = memory_split_mb(agent.pid)
         reports = gateway.reports[start_n:end_n]
         ps_ms = ps_alone_cpu_ms(20)  # while the filler processes still run
     finally:
@@ -224,9 +295,10 @@ def main() -> None:
     kids_ms = (kids1 - kids0) / cycles * 1000
     total_ms = own_ms + kids_ms
     exporter_ms = (exp1 - exp0) / cycles * 1000
-    bare_rss = idle_rss_mb(args.python, "pass")
-    imports_rss = idle_rss_mb(args.python, "import agent.runner, agent.report, httpx, ssl\n"
+    bare_rss = idle_rss_mb([args.python], "pass")
+    imports_rss = idle_rss_mb(interpreter, "import agent.runner, agent.report, httpx, ssl\n"
                               "ssl.create_default_context()")
+    ladder = import_ladder(interpreter)
     rss_steady = statistics.median(rss_samples)
     rss_first, rss_last = rss_samples[0], rss_samples[-1]
     rss_max = max(rss_samples)
@@ -252,6 +324,17 @@ def main() -> None:
     for name, value, base, base_name in rows:
         ratio = value / base if base and base == base else float("nan")
         print(f"{name:44s} {value:10.1f} {base:10.1f} {ratio:6.2f}x  {base_name}")
+    print()
+    print(f"agent RSS at the end: {agent_split['VmRSS']:.1f} MB = anonymous "
+          f"{agent_split['RssAnon']:.1f} (Python heap, OpenSSL and pydantic-core allocations) "
+          f"+ file-backed {agent_split['RssFile']:.1f} (shared libraries); private "
+          f"{agent_split['Private']:.1f} MB; {agent_split['Threads']:.0f} thread(s)")
+    print()
+    print(f"{'import ladder (fresh interpreter)':44s} {'RSS MB':>10s} {'+MB':>7s}")
+    previous = 0.0
+    for name, cumulative in ladder:
+        print(f"{name:44s} {cumulative:10.1f} {cumulative - previous:+7.1f}")
+        previous = cumulative
     print()
     cpu_verdict = "met" if cpu_percent_15s < GOAL_CPU_PERCENT else "MISSED"
     rss_verdict = "met" if rss_max <= GOAL_RSS_MB else "MISSED"
