@@ -23,6 +23,8 @@ dead-letter stream and nothing else share a slot.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final
 
 import orjson
@@ -88,6 +90,8 @@ def report_seen_key(report_id: str) -> str:
 
 TOKENS_KEY: Final = f"{KEY_PREFIX}tokens"
 SHARDS_KEY: Final = f"{KEY_PREFIX}shards"
+# Written by the gateway only: the write its group-commit WAITAOF waits on (workers ignore it).
+AOF_BARRIER_KEY: Final = f"{KEY_PREFIX}aof_barrier"
 
 
 def shard_for(server_id: str, shards: int) -> int:
@@ -98,6 +102,41 @@ def shard_for(server_id: str, shards: int) -> int:
 def encode(kind: str, row: tuple[Any, ...]) -> dict[bytes, bytes]:
     """The fields of one stream entry. ``row`` follows ``COLUMNS[kind]``."""
     return {FIELD_VERSION: SCHEMA_VERSION, FIELD_DATA: orjson.dumps([kind, *row])}
+
+
+def _epoch_seconds(value: object) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    raise TypeError(f"cannot encode {type(value).__name__} in a stream message")
+
+
+_DATETIME_AS_EPOCH = {"default": _epoch_seconds, "option": orjson.OPT_PASSTHROUGH_DATETIME}
+
+
+def encode_data(kind: str, row: tuple[Any, ...]) -> bytes:
+    """The ``d`` field alone, for callers that frame ``XADD`` themselves (they send
+    ``FIELD_VERSION`` = ``SCHEMA_VERSION`` and ``FIELD_DATA`` = this). Aware datetimes in
+    ``row`` become float epoch seconds; otherwise the same bytes as ``encode``."""
+    return orjson.dumps((kind, *row), **_DATETIME_AS_EPOCH)
+
+
+def row_encoder(kind: str, *head: Any) -> Callable[[tuple[Any, ...]], bytes]:
+    """A fast ``encode_data`` for many rows of one kind that share their leading columns.
+
+    ``row_encoder("p", server_id, ts)(rest)`` returns the bytes of
+    ``encode_data("p", (server_id, ts, *rest))``: the shared prefix is encoded once and only
+    ``rest`` per row, which is what makes one message per process affordable."""
+    prefix = orjson.dumps((kind, *head), **_DATETIME_AS_EPOCH)[:-1] + b","
+    dumps = orjson.dumps
+    default, option = _epoch_seconds, orjson.OPT_PASSTHROUGH_DATETIME
+
+    def encode_rest(rest: tuple[Any, ...]) -> bytes:
+        # "[a,b]"[1:] is "a,b]": spliced after "[kind,head...," it closes the same array.
+        if not rest:
+            return prefix[:-1] + b"]"
+        return prefix + dumps(rest, default=default, option=option)[1:]
+
+    return encode_rest
 
 
 def decode(fields: dict[bytes, bytes]) -> tuple[str, tuple[Any, ...]]:

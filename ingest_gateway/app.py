@@ -1,0 +1,177 @@
+"""The gateway's aiohttp application: ``create_app`` builds it (``server.serve`` runs it).
+
+Route families register themselves with a ``setup(app)`` function: ingest
+(``routes_ingest``), operations (``routes_ops``) and the OpenAPI document (``openapi``). Routes
+added later — the query API and the dashboard — go in ``ingest_gateway/routes_query.py`` (and
+any module listed in ``OPTIONAL_ROUTE_MODULES``): when that module exists its ``setup(app)`` is
+called, or pass ``extra_routes=[setup, ...]`` explicitly. A ``setup`` may add its own
+``cleanup_ctx`` (e.g. a PostgreSQL pool), guard its routes with
+``guards.require_scope(request, "read")`` and document them in ``app[OPENAPI_PATHS]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from agent.errors import ProcfleetError
+from ingest_gateway import openapi, routes_ingest, routes_ops
+from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE, GatewayState
+from ingest_gateway.auth import TokenCache, TokenStore
+from ingest_gateway.backpressure import BacklogMonitor, sleep_unless_stopping
+from ingest_gateway.durability import AofBarrier
+from ingest_gateway.enqueue import Enqueuer
+from ingest_gateway.metrics import GatewayMetrics
+from ingest_gateway.middleware import AccessLogger, access_log, observe
+from ingest_gateway.ratelimit import RateLimiter
+from ingest_gateway.resp import ConnectParams, RespPool
+from ingest_gateway.settings import GatewaySettings, mask_url
+from ingest_gateway.topology import ensure_group, probe_wait_aof, register_shards
+
+log = logging.getLogger(__name__)
+
+OPTIONAL_ROUTE_MODULES = ("ingest_gateway.routes_query",)
+RouteSetup = Callable[[web.Application], None]
+
+
+async def _wait_for_redis(redis: Redis, settings: GatewaySettings) -> None:
+    deadline = asyncio.get_running_loop().time() + settings.redis_startup_wait_s
+    while True:
+        try:
+            await redis.ping()
+            return
+        except (RedisError, OSError) as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise GatewayStartError(
+                    f"cannot reach Redis at {mask_url(settings.redis_url)} after "
+                    f"{settings.redis_startup_wait_s:g} s: {exc}") from exc
+            log.warning("waiting for Redis", extra={"kv": {"error": str(exc)}})
+            await asyncio.sleep(0.5)
+
+
+class GatewayStartError(ProcfleetError):
+    """The gateway cannot start (Redis unreachable)."""
+
+
+async def _refresh_tokens(tokens: TokenCache, every_s: float, stopping: asyncio.Event) -> None:
+    failing = False
+    while not stopping.is_set():
+        await sleep_unless_stopping(stopping, every_s)
+        try:
+            await tokens.refresh()
+            failing = False
+        except (RedisError, OSError) as exc:
+            if not failing:  # one line per outage, not one per refresh
+                log.warning("token refresh failed; using cached tokens",
+                            extra={"kv": {"error": str(exc)}})
+            failing = True
+
+
+async def _clients(app: web.Application) -> AsyncIterator[None]:
+    """Redis clients and background tasks: created on startup, closed on cleanup."""
+    settings, metrics, state = app[SETTINGS], app[METRICS], app[STATE]
+    own_redis = state.redis is None
+    redis = state.redis or Redis.from_url(
+        settings.redis_url, protocol=2, socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    state.redis = redis
+    tasks: list[asyncio.Task] = []
+    stopping = asyncio.Event()
+    try:
+        await _wait_for_redis(redis, settings)
+        await register_shards(redis, settings.shards)
+        for shard in range(settings.shards):
+            await ensure_group(redis, shard)
+        if settings.wait_aof:
+            state.wait_aof, why_not = await probe_wait_aof(redis)
+            if not state.wait_aof:
+                log.warning("wait_aof requested but unavailable: answering once messages are "
+                            "in memory", extra={"kv": {"reason": why_not}})
+        state.pool = RespPool(ConnectParams.from_redis(redis), size=settings.redis_pool_size,
+                              timeout_s=settings.redis_timeout_s)
+        if state.wait_aof:
+            state.barrier = AofBarrier(
+                state.pool, wait_aof_timeout_ms=settings.wait_aof_timeout_ms,
+                timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s)
+        state.enqueuer = Enqueuer(
+            state.pool, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
+            timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
+            barrier=state.barrier,
+        )
+        state.tokens = TokenCache(TokenStore(redis))
+        await state.tokens.refresh()
+        state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        state.monitor = BacklogMonitor(
+            redis, settings.shards, settings.backlog_high_water, settings.backlog_refresh_s,
+            settings.retry_after_s, on_refresh=metrics.set_backlog,
+        )
+        await state.monitor.refresh()
+        tasks = [
+            asyncio.create_task(state.monitor.run(stopping), name="backlog-monitor"),
+            asyncio.create_task(_refresh_tokens(state.tokens, settings.token_refresh_s, stopping),
+                                name="token-refresh"),
+        ]
+        log.info("gateway started", extra={"kv": {**settings.masked(),
+                                                  "wait_aof_active": state.wait_aof}})
+        yield
+    finally:
+        stopping.set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=settings.redis_timeout_s)
+            for task in late:  # stuck in a Redis call: cancel, and do not wait on it forever
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        if state.barrier is not None:
+            await state.barrier.close()
+        if state.pool is not None:
+            await state.pool.close()
+        if own_redis:
+            await asyncio.wait_for(redis.aclose(), settings.redis_timeout_s)
+        if tasks:
+            log.info("gateway stopped", extra={"kv": dict(state.totals)})
+
+
+def _optional_route_setups() -> list[RouteSetup]:
+    setups = []
+    for name in OPTIONAL_ROUTE_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            setups.append(importlib.import_module(name).setup)
+    return setups
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    redis: Redis | None = None,
+    extra_routes: Iterable[RouteSetup] | None = None,
+) -> web.Application:
+    """The gateway app. ``redis``: a client to use (and not close) instead of one built from
+    ``settings.redis_url``. ``extra_routes``: route ``setup`` functions to register; None
+    registers the optional modules that exist (``OPTIONAL_ROUTE_MODULES``)."""
+    app = web.Application(
+        middlewares=[observe],
+        client_max_size=settings.max_body_bytes,
+        # body.read_body is the one place bodies are inflated (with a bound); the access log
+        # is ours (logfmt, no token).
+        handler_args={"auto_decompress": False, "access_log_class": AccessLogger,
+                      "access_log": access_log},
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = GatewayMetrics()
+    app[STATE] = GatewayState(redis=redis)
+    app[OPENAPI_PATHS] = {}
+    app.cleanup_ctx.append(_clients)
+    for setup in (routes_ingest.setup, routes_ops.setup, openapi.setup):
+        setup(app)
+    for setup in _optional_route_setups() if extra_routes is None else extra_routes:
+        setup(app)
+    return app

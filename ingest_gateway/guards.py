@@ -1,0 +1,26 @@
+"""Request guards shared by every route family (ingest now, query routes later)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ingest_gateway.app_state import LOG_KV, SETTINGS, STATE
+from ingest_gateway.auth import TokenRecord
+from ingest_gateway.errors import RateLimited
+
+
+async def require_scope(request: web.Request, scope: str) -> TokenRecord:
+    """The caller's token if it grants ``scope`` and is within its rate; else 401/403/429.
+
+    The token id (never the token) is noted for the access log line."""
+    state, settings = request.app[STATE], request.app[SETTINGS]
+    assert state.tokens is not None and state.limiter is not None, "gateway not started"
+    record = await state.tokens.authenticate(
+        request.headers.get("Authorization"), scope, settings.retry_after_s
+    )
+    request[LOG_KV]["token_id"] = record.token_id
+    wait_s = state.limiter.acquire(record.token_id)
+    if wait_s is not None:
+        raise RateLimited(f"token {record.token_id} is over {settings.rate_limit_per_s:g} "
+                          f"requests/s", retry_after_s=wait_s)
+    return record
