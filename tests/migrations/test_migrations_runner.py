@@ -28,10 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def empty_url(fresh_database, postgres_admin_url):
-    from tests.worker.conftest import wait_for_postgres
-
-    await wait_for_postgres(postgres_admin_url)
+async def empty_url(fresh_database):
     return await fresh_database()
 
 

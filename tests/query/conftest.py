@@ -7,8 +7,6 @@ FLUSHALL: in CI that server is shared with other suites).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,52 +14,17 @@ from typing import Any
 import asyncpg
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from redis.asyncio import Redis
 
-from ingest_gateway import routes_query, stream
+from ingest_gateway import routes_query
 from ingest_gateway.app import create_app
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
-from migrations.runner import migrate
-
-
-async def _delete_procfleet_keys(client: Redis) -> None:
-    keys = [key async for key in client.scan_iter(match=f"{stream.KEY_PREFIX}*", count=1000)]
-    if keys:
-        await client.delete(*keys)
 
 
 @pytest_asyncio.fixture
-async def query_redis(redis_url) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, protocol=2)
-    await _delete_procfleet_keys(client)
-    yield client
-    await _delete_procfleet_keys(client)
-    await client.aclose()
-
-
-async def wait_for_postgres(url: str, timeout_s: float = 30.0) -> None:
-    """The embedded server listens before it accepts connections ("starting up")."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            conn = await asyncpg.connect(url)
-        except (asyncpg.CannotConnectNowError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-        else:
-            await conn.close()
-            return
-
-
-@pytest_asyncio.fixture
-async def database_url(postgres_admin_url, fresh_database) -> str:
+async def database_url(migrated_database) -> str:
     """A new database with every migration applied."""
-    await wait_for_postgres(postgres_admin_url)
-    url = await fresh_database()
-    await migrate(url)
-    return url
+    return migrated_database
 
 
 @pytest_asyncio.fixture
@@ -93,7 +56,7 @@ class QueryGateway:
 
 
 @pytest_asyncio.fixture
-async def make_query_gateway(redis_url, query_redis):
+async def make_query_gateway(redis_url, redis):
     """Factory: ``await make_query_gateway(database_url)`` starts a gateway app (ingest +
     query routes) on a local port; stopped after the test."""
     started: list[TestClient] = []
@@ -103,7 +66,7 @@ async def make_query_gateway(redis_url, query_redis):
         overrides.setdefault("redis_startup_wait_s", 2.0)
         overrides.setdefault("retry_after_s", 3)
         settings = GatewaySettings(redis_url=redis_url, database_url=database_url, **overrides)
-        store = TokenStore(query_redis)
+        store = TokenStore(redis)
         _, read_token = await store.create("read", "query-tests")
         _, ingest_token = await store.create("ingest", "query-tests")
         app = create_app(settings, extra_routes=[routes_query.setup])

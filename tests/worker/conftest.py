@@ -1,8 +1,8 @@
 """Fixtures of the worker tests: a migrated database per test, a clean Redis key space,
 message builders and a worker factory.
 
-Every test starts and ends with no ``procfleet:*`` key in the session's Redis (never
-FLUSHALL: in CI that server is shared with other suites).
+The ``redis`` fixture (tests/conftest.py) keeps the ``procfleet:*`` key space empty around
+every test.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -21,50 +20,14 @@ import redis.asyncio as aioredis
 from digest_worker.settings import WorkerSettings
 from digest_worker.worker import Worker
 from ingest_gateway import stream
-from migrations.runner import migrate
 
 SHARDS = 4
 
 
-async def delete_procfleet_keys(client: aioredis.Redis) -> None:
-    keys = [key async for key in client.scan_iter(match=f"{stream.KEY_PREFIX}*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-
-
 @pytest_asyncio.fixture
-async def redis(redis_url) -> AsyncIterator[aioredis.Redis]:
-    """A RESP2 client on the session's Redis; the procfleet key space is empty around the
-    test."""
-    client = aioredis.Redis.from_url(redis_url, protocol=2)
-    await delete_procfleet_keys(client)
-    yield client
-    await delete_procfleet_keys(client)
-    await client.aclose()
-
-
-async def wait_for_postgres(url: str, timeout_s: float = 30.0) -> None:
-    """The embedded server listens before it accepts connections ("starting up")."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            conn = await asyncpg.connect(url)
-        except (asyncpg.CannotConnectNowError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-        else:
-            await conn.close()
-            return
-
-
-@pytest_asyncio.fixture
-async def database(fresh_database, postgres_admin_url) -> str:
+async def database(migrated_database) -> str:
     """URL of a new database with every migration applied."""
-    await wait_for_postgres(postgres_admin_url)
-    url = await fresh_database()
-    await migrate(url)
-    return url
+    return migrated_database
 
 
 @pytest.fixture
