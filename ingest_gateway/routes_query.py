@@ -62,7 +62,7 @@ async def top(request: web.Request) -> web.Response:
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
         result = await top_processes(conn, params)
-    _note(request, started_s, path=result.plan.path, source=result.plan.source,
+    _note(request, started_s, query_path=result.plan.path, source=result.plan.source,
           rows=len(result.processes))
     return json_response(result.as_json())
 
@@ -73,7 +73,7 @@ async def series(request: web.Request) -> web.Response:
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
         result = await process_series(conn, params)
-    _note(request, started_s, path=result.plan.path, points=len(result.points))
+    _note(request, started_s, query_path=result.plan.path, points=len(result.points))
     return json_response(result.as_json())
 
 

@@ -159,7 +159,7 @@ class Stack:
     async def _prepare(self) -> None:
         from redis.asyncio import Redis
 
-        from ingest_gateway.auth import TokenStore, hash_token
+        from ingest_gateway.auth import TokenStore, hash_token, split_token
         from migrations.runner import migrate
 
         applied = await migrate(self.database_url)
@@ -172,8 +172,9 @@ class Stack:
             tokens = state.get("tokens", {})
             for scope in ("ingest", "read"):
                 token = tokens.get(scope)
-                record = known.get(hash_token(token)) if token else None
-                if record is None or record.revoked:
+                # The store is keyed by the token's public id; the secret must match too.
+                record = known.get(split_token(token) or "") if token else None
+                if record is None or record.revoked or record.sha256 != hash_token(token):
                     _, token = await store.create(scope, f"procfleet up ({scope})")
                 tokens[scope] = token
             state["tokens"] = tokens
@@ -205,6 +206,12 @@ class Stack:
                 "PROCFLEET_INTERVAL_S": str(opts.agent_interval_s),
                 "PROCFLEET_SPLAY_S": "0",
             }
+            exporter_configured = "PROCFLEET_PROCESS_EXPORTER_URL" in os.environ
+            if not exporter_configured and not _process_exporter_answers():
+                # Scrape it only when one runs here; otherwise every tick would warn.
+                agent_env["PROCFLEET_PROCESS_EXPORTER_URL"] = ""
+                log.info("no process_exporter on 127.0.0.1:9256: the local agent reports "
+                         "ps data only")
             self.children.append(Child("agent", [*command, "agent"], agent_env,
                                        logs / "agent.log"))
         for child in self.children:
@@ -268,10 +275,12 @@ class Stack:
 
     def _counters(self) -> tuple[float, float, float]:
         gateway = _scrape(self.gateway_metrics_url)
-        workers = _scrape(f"http://127.0.0.1:{self.worker_metrics_port}/metrics")
+        # Worker process i of N serves its metrics on worker_metrics_port + i.
+        workers = [_scrape(f"http://127.0.0.1:{self.worker_metrics_port + i}/metrics")
+                   for i in range(self.options.workers)]
         reports = _sum(gateway, "procfleet_gateway_reports_total")
         backlog = _sum(gateway, "procfleet_gateway_backlog_messages")
-        rows = _sum(workers, "procfleet_worker_rows_inserted_total")
+        rows = sum(_sum(text, "procfleet_worker_rows_inserted_total") for text in workers)
         return reports, rows, backlog
 
     def stop(self) -> None:
@@ -282,6 +291,13 @@ class Stack:
         for server in reversed(self.servers):
             server.stop()
         log.info("procfleet stopped", extra={"kv": {"data_dir": str(self.options.data_dir)}})
+
+
+def _process_exporter_answers() -> bool:
+    try:
+        return httpx.get("http://127.0.0.1:9256/metrics", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _scrape(url: str) -> str:

@@ -1,0 +1,160 @@
+"""`procfleet up`, the README's run command: the whole stack from one command, this machine's
+processes in the API, a clean stop on SIGTERM, and the data kept for the next `up`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from procfleet.embedded import free_port, port_is_taken
+from tests.e2e.harness import REPO, wait_until
+
+pytestmark = pytest.mark.integration
+
+BANNER_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 60.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Up:
+    """One `procfleet up` child of the test (stopped by its pid)."""
+
+    def __init__(self, data_dir: Path, port: int, run: int) -> None:
+        self.out = data_dir.parent / f"up-{run}.out"
+        self.err = data_dir.parent / f"up-{run}.err"
+        # Embedded servers: the caller's REDIS_URL / DATABASE_URL must not leak in.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("REDIS_URL", "DATABASE_URL") and not k.startswith("PROCFLEET_")}
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "procfleet", "up", "--data-dir", str(data_dir),
+                 "--port", str(port), "--interval", "1"],
+                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True)
+
+    async def banner(self) -> str:
+        async def printed() -> str | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"procfleet up exited {self.proc.returncode}:\n"
+                                     f"{self.err.read_text(errors='replace')[-3000:]}")
+            text = self.out.read_text(errors="replace")
+            return text if "stop      : Ctrl-C" in text else None
+
+        return await wait_until(printed, "the banner of procfleet up", BANNER_TIMEOUT_S, 0.2)
+
+    def terminate(self) -> int:
+        os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """SIGTERM (procfleet up then stops what it started); SIGKILL if it hangs."""
+        if self.proc.poll() is not None:
+            return
+        try:
+            self.terminate()
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def leftovers(markers: list[str], since_s: float) -> list[int]:
+    """Pids of processes started after ``since_s`` whose command line or environment names
+    one of ``markers`` (the test's scratch directory, its servers' addresses): what a killed
+    `up` left behind, and nothing else."""
+    boot_s = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                  if line.startswith("btime "))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            started_s = boot_s + int(stat[stat.rindex(")") + 2:].split()[19]) / CLOCK_TICKS
+            text = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if started_s < since_s:
+            continue
+        if any(marker.encode() in text for marker in markers):
+            found.append(int(entry.name))
+    return found
+
+
+async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
+    # Under /tmp, traversable: PostgreSQL runs as its own user when the tests run as root.
+    scratch = Path(tempfile.mkdtemp(prefix="procfleet-e2e-up-"))
+    scratch.chmod(0o755)
+    data_dir, port = scratch / "data", free_port()
+    ups: list[Up] = []
+    stray: list[int] = []
+    test_started_s = time.time() - 1
+    try:
+        ups.append(Up(data_dir, port, 0))
+        banner = await ups[0].banner()
+        token = re.search(r"Bearer (pf_[A-Za-z0-9_-]+)", banner).group(1)
+        assert f"http://127.0.0.1:{port}/metrics" in banner
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
+                                     timeout=10) as client:
+            async def this_host() -> dict | None:
+                servers = (await client.get("/api/servers")).json()["servers"]
+                if not servers:
+                    return None
+                doc = (await client.get(f"/api/servers/{servers[0]['server_id']}/processes",
+                                        params={"limit": 5000})).json()
+                return doc if doc["total"] else None
+
+            snapshot = await wait_until(this_host, "this machine's processes in the API", 60,
+                                        interval_s=0.5)
+        assert ups[0].proc.pid in {p["pid"] for p in snapshot["processes"]}
+        # The live status line.
+        await wait_until(lambda: _contains(ups[0].err, "rows/s="), "the status line", 30)
+
+        state = orjson.loads((data_dir / "stack.json").read_text())
+        ports = [port, *state["ports"].values()]
+        assert ups[0].terminate() == 0
+        assert not [p for p in ports if port_is_taken(p)], "a server outlived procfleet up"
+
+        # The next `up` resumes with the data (and the tokens) kept.
+        started_again = time.time()
+        ups.append(Up(data_dir, port, 1))
+        assert token in await ups[1].banner()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
+                                     timeout=10) as client:
+            servers = (await client.get("/api/servers")).json()["servers"]
+        server = [s for s in servers if s["server_id"] == snapshot["server_id"]][0]
+        assert _epoch(server["first_seen_at"]) < started_again
+        assert ups[1].terminate() == 0
+    finally:
+        for up in ups:
+            up.stop()
+        markers = [str(scratch)]
+        if (data_dir / "stack.json").exists():
+            markers += [f"127.0.0.1:{p}" for p in
+                        orjson.loads((data_dir / "stack.json").read_text())["ports"].values()]
+        stray = leftovers(markers, test_started_s)
+        for pid in stray:
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)
+    assert not stray, f"procfleet up left processes behind: {stray}"
+
+
+async def _contains(path: Path, text: str) -> bool:
+    return text in path.read_text(errors="replace")
+
+
+def _epoch(rfc3339: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
