@@ -8,6 +8,7 @@ a server they did not start: they use the ``own_valkey`` / ``own_postgres`` fact
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,17 @@ import pytest
 import pytest_asyncio
 
 from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Tests that run ``procfleet.cli.main`` install a stderr handler on the root logger; left
+    in place it would point at pytest's closed capture stream after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _scratch_dir(prefix: str) -> Path:
