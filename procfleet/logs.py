@@ -26,20 +26,26 @@ def _logfmt_value(value: object) -> str:
     return text
 
 
+def _record_fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, object]:
+    """The keys every line has, then the record's structured pairs, then the traceback."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    fields: dict[str, object] = {
+        "ts": f"{stamp}.{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    fields.update(getattr(record, "kv", None) or {})
+    if record.exc_info:
+        fields["exc"] = formatter.formatException(record.exc_info)
+    return fields
+
+
 class LogfmtFormatter(logging.Formatter):
     """``ts=... level=info logger=... msg="batch" rows=1000 inserted=998``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        pairs = {
-            "ts": f"{stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        pairs.update(getattr(record, "kv", None) or {})
-        if record.exc_info:
-            pairs["exc"] = self.formatException(record.exc_info)
+        pairs = _record_fields(self, record)
         return " ".join(f"{k}={_logfmt_value(v)}" for k, v in pairs.items())
 
 
@@ -47,17 +53,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line with the same keys as the logfmt format."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        doc: dict[str, object] = {
-            "ts": f"{stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        doc.update(getattr(record, "kv", None) or {})
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return json.dumps(_record_fields(self, record), default=str)
 
 
 def setup_logging(log_format: str | None = None, level: str = "INFO") -> None:
