@@ -25,21 +25,20 @@ from redis.exceptions import RedisError, ResponseError
 
 from ingest_gateway import stream
 from ingest_gateway.errors import Unavailable
-from ingest_gateway.topology import ensure_group
+from ingest_gateway.topology import digest_group, ensure_group
 
 log = logging.getLogger(__name__)
 
 
 def _backlog_of(groups: list[dict], xlen: int) -> int | None:
     """Backlog of the ``digest`` group from an ``XINFO GROUPS`` reply; None if it is missing."""
-    for group in groups:
-        name = group.get("name")
-        if name in (stream.GROUP, stream.GROUP.encode()):
-            lag = group.get("lag")
-            if lag is None:
-                return xlen
-            return int(lag) + int(group.get("pending", 0))
-    return None
+    group = digest_group(groups)
+    if group is None:
+        return None
+    lag = group.get("lag")
+    if lag is None:
+        return xlen
+    return int(lag) + int(group.get("pending", 0))
 
 
 @dataclass

@@ -130,11 +130,15 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return path or "body"
 
 
-def validation_error(exc: ValidationError) -> GatewayError:
-    """pydantic's errors → 400 (not JSON at all) or 422 (JSON that breaks the contract)."""
+def validation_error(exc: ValidationError, body: bytes) -> GatewayError:
+    """pydantic's errors → 400 (not JSON at all) or 422 (JSON that breaks the contract).
+
+    pydantic rejects invalid UTF-8 as ``json_invalid``, so ``body`` is decoded only then, to
+    name the offset of the bad byte: a valid body is not scanned a second time."""
     errors = exc.errors(include_url=False)
     first = errors[0]
     if first["type"] == "json_invalid":
+        check_utf8(body)
         reason = str((first.get("ctx") or {}).get("error", first["msg"]))
         return BadRequest("body", f"malformed JSON: {reason}", kind="json")
     details = [

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.contract import Report
 from ingest_gateway.app_state import LOG_KV, METRICS, OPENAPI_PATHS, SETTINGS, STATE
-from ingest_gateway.body import check_utf8, read_body, validation_error
+from ingest_gateway.body import read_body, validation_error
 from ingest_gateway.commands_format import CommandsBody, to_report
 from ingest_gateway.errors import Unprocessable, json_response
 from ingest_gateway.guards import require_scope
@@ -27,6 +27,8 @@ from ingest_gateway.settings import GatewaySettings
 INGEST_SCOPE = "ingest"
 SECONDS_PER_DAY = 86_400
 INLINE_PARSE_MAX_CHARS = 256 * 1024  # ~3,000 ps lines, a few ms; bigger outputs use a thread
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def check_timestamp(value_s: float, field: str, settings: GatewaySettings, now_s: float) -> None:
@@ -41,13 +43,18 @@ def check_timestamp(value_s: float, field: str, settings: GatewaySettings, now_s
                             kind="too_old", value=value_s)
 
 
-async def _read_json(request: web.Request) -> bytes:
+async def _read_model(request: web.Request, model: type[_M], time_field: str) -> _M:
+    """Token + rate, body, contract, then the clock check of ``time_field``."""
     settings = request.app[SETTINGS]
     await require_scope(request, INGEST_SCOPE)
     body = await read_body(request, settings.max_body_bytes)
     request.app[METRICS].received_bytes.inc(len(body))
-    check_utf8(body)
-    return body
+    try:
+        parsed = model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc, body) from None
+    check_timestamp(getattr(parsed, time_field).timestamp(), time_field, settings, time.time())
+    return parsed
 
 
 async def _enqueue(request: web.Request, report: Report, route: str,
@@ -81,25 +88,13 @@ async def _enqueue(request: web.Request, report: Report, route: str,
 
 async def post_report(request: web.Request) -> web.Response:
     """Validate a report with the agent's contract and enqueue its messages."""
-    body = await _read_json(request)
-    try:
-        report = Report.model_validate_json(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    check_timestamp(report.collected_at.timestamp(), "collected_at", request.app[SETTINGS],
-                    time.time())
+    report = await _read_model(request, Report, "collected_at")
     return await _enqueue(request, report, "reports")
 
 
 async def post_commands(request: web.Request) -> web.Response:
     """Parse a raw ps / tasklist output into a report and enqueue it."""
-    body = await _read_json(request)
-    try:
-        commands = CommandsBody.model_validate_json(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    check_timestamp(commands.timestamp.timestamp(), "timestamp", request.app[SETTINGS],
-                    time.time())
+    commands = await _read_model(request, CommandsBody, "timestamp")
     if len(commands.output) > INLINE_PARSE_MAX_CHARS:
         # A big output takes a while to parse: let the event loop keep serving meanwhile.
         report, unparsed_lines = await asyncio.to_thread(to_report, commands)

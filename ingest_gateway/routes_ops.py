@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from ingest_gateway import stream
 from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE
 from ingest_gateway.errors import json_response
+from ingest_gateway.topology import digest_group
 
 READY_TIMEOUT_S = 2.0
 
@@ -33,8 +34,7 @@ async def readyz(request: web.Request) -> web.Response:
                              headers={"Retry-After": str(settings.retry_after_s)})
     missing = [
         shard for shard, groups in enumerate(results)
-        if isinstance(groups, Exception)
-        or not any(g.get("name") in (stream.GROUP, stream.GROUP.encode()) for g in groups)
+        if isinstance(groups, Exception) or digest_group(groups) is None
     ]
     if missing:
         return json_response(

@@ -41,6 +41,14 @@ async def ensure_group(redis: Redis, shard: int) -> bool:
     return True
 
 
+def digest_group(groups: list[dict]) -> dict | None:
+    """The ``digest`` group's entry of an ``XINFO GROUPS`` reply (names may be bytes)."""
+    for group in groups:
+        if group.get("name") in (stream.GROUP, stream.GROUP.encode()):
+            return group
+    return None
+
+
 async def probe_wait_aof(redis: Redis) -> tuple[bool, str]:
     """Whether ``WAITAOF 1 0`` works here (Redis >= 7.2 / Valkey with AOF on), and why not."""
     try:
