@@ -24,7 +24,7 @@ from agent.errors import ConfigError
 
 ENV_PREFIX = "PROCFLEET_"
 DEFAULT_PROCESS_EXPORTER_URL = "http://127.0.0.1:9256/metrics"
-_SERVER_ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+SERVER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")  # the contract's Identifier (fullmatch)
 _MAX_INTERVAL_S = 86_400.0
 
 
@@ -167,7 +167,7 @@ def _token(key: str, value: Any) -> SecretStr | None:
 
 def _server_id(key: str, value: Any) -> str | None:
     text = _text(key, value)
-    if text and not _SERVER_ID_RE.match(text):
+    if text and not SERVER_ID_RE.fullmatch(text):
         raise ConfigError(key, value, "1-128 characters of A-Z a-z 0-9 . _ : @ -")
     return text or None
 

@@ -29,12 +29,12 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from agent.config import SERVER_ID_RE
 from agent.contract import Host, OsType
 from agent.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")  # the contract's Identifier
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 MAX_HOSTNAME_CHARS = 253
 MAX_OS_VERSION_CHARS = 128
@@ -165,7 +165,7 @@ def _server_id(
     configured: str | None, os_type: OsType, state_file: Path | None, sources: HostSources
 ) -> tuple[str, str]:
     if configured is not None:
-        if not _ID_RE.fullmatch(configured):
+        if not SERVER_ID_RE.fullmatch(configured):
             raise ConfigError(
                 "server_id",
                 configured,
@@ -201,7 +201,7 @@ def _usable_id(value: str | None, source: str) -> str | None:
     # An image not yet booted has an empty machine-id or the word "uninitialized".
     if not value or value == "uninitialized":
         return None
-    if not _ID_RE.fullmatch(value):
+    if not SERVER_ID_RE.fullmatch(value):
         logger.warning(
             "unusable machine id ignored", extra={"kv": {"source": source, "value": value[:80]}}
         )

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
+import httpx
 from prometheus_client import Counter
 
 from agent.config import AgentSettings
@@ -275,10 +276,17 @@ def check_settings(settings: AgentSettings) -> Host:
     return host_of(settings)
 
 
+def _client(settings: AgentSettings) -> httpx.AsyncClient:
+    return build_client(
+        timeout_s=settings.timeout_s,
+        ca_file=settings.ca_file,
+        urls=(settings.gateway_url, settings.process_exporter_url),
+    )
+
+
 async def dry_run(settings: AgentSettings) -> Report:
     """Build one report without sending (for ``--dry-run``)."""
-    async with build_client(timeout_s=settings.timeout_s, ca_file=settings.ca_file,
-                            urls=(settings.gateway_url, settings.process_exporter_url)) as http:
+    async with _client(settings) as http:
         return await build_report(settings, http=http)
 
 
@@ -291,9 +299,7 @@ def _install_signal_handlers(agent: Agent) -> None:
             signal.signal(signum, lambda *_: loop.call_soon_threadsafe(agent.request_stop))
 
 
-async def run_agent(
-    settings: AgentSettings, *, once: bool = False, host: Host | None = None
-) -> AgentStats:
+async def run_agent(settings: AgentSettings, *, once: bool = False) -> AgentStats:
     """Run the agent with real collectors, HTTP client and spool until SIGTERM (or once)."""
     settings.require_delivery()
     assert settings.gateway_url and settings.spool_dir and settings.token  # checked just above
@@ -305,12 +311,11 @@ async def run_agent(
             start_http_server(settings.metrics_port, addr=settings.metrics_addr)
         except OSError as exc:
             raise ConfigError("metrics_port", settings.metrics_port, str(exc)) from exc
-    host = host or host_of(settings)
+    host = host_of(settings)
     scrubber = make_scrubber(settings)
     log.info("agent starting", extra={"kv": {**settings.describe(), "server_id": host.server_id,
                                              "spool_reports": len(spool)}})
-    async with build_client(timeout_s=settings.timeout_s, ca_file=settings.ca_file,
-                            urls=(settings.gateway_url, settings.process_exporter_url)) as http:
+    async with _client(settings) as http:
         sender = Sender(
             http,
             settings.gateway_url,

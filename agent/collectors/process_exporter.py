@@ -33,12 +33,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from agent.config import DEFAULT_PROCESS_EXPORTER_URL
 from agent.contract import MAX_RAW_OUTPUT_CHARS, ProcessGroup, Snapshot
 from agent.errors import CollectError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_URL = "http://127.0.0.1:9256/metrics"
+DEFAULT_URL = DEFAULT_PROCESS_EXPORTER_URL
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 # Ask for the classic text format, the one the parser reads (not OpenMetrics / protobuf).
 _ACCEPT = "text/plain;version=0.0.4;q=1.0, */*;q=0.1"
@@ -46,8 +47,15 @@ _PREFIX = "namedprocess_namegroup_"
 
 # sample name -> (label that selects the field, {label value: field}) or (None, field).
 _INT, _FLOAT, _TIME = "int", "float", "time"
+
+
+def _single(field: str, kind: str) -> tuple[None, dict[str, tuple[str, str]]]:
+    """A family with one sample per group (no selecting label)."""
+    return None, {"": (field, kind)}
+
+
 _FIELDS: dict[str, tuple[str | None, dict[str, tuple[str, str]]]] = {
-    "num_procs": (None, {"": ("num_procs", _INT)}),
+    "num_procs": _single("num_procs", _INT),
     "cpu_seconds_total": (
         "mode",
         {
@@ -56,8 +64,8 @@ _FIELDS: dict[str, tuple[str | None, dict[str, tuple[str, str]]]] = {
         },
     ),
     # process-exporter < 0.5 had one family per mode.
-    "cpu_user_seconds_total": (None, {"": ("cpu_user_seconds_total", _FLOAT)}),
-    "cpu_system_seconds_total": (None, {"": ("cpu_system_seconds_total", _FLOAT)}),
+    "cpu_user_seconds_total": _single("cpu_user_seconds_total", _FLOAT),
+    "cpu_system_seconds_total": _single("cpu_system_seconds_total", _FLOAT),
     "memory_bytes": (
         "memtype",
         {
@@ -66,12 +74,12 @@ _FIELDS: dict[str, tuple[str | None, dict[str, tuple[str, str]]]] = {
             "swapped": ("memory_swapped_bytes", _INT),
         },
     ),
-    "num_threads": (None, {"": ("num_threads", _INT)}),
-    "open_filedesc": (None, {"": ("open_fds", _INT)}),
-    "read_bytes_total": (None, {"": ("read_bytes_total", _INT)}),
-    "write_bytes_total": (None, {"": ("write_bytes_total", _INT)}),
-    "major_page_faults_total": (None, {"": ("major_page_faults_total", _INT)}),
-    "minor_page_faults_total": (None, {"": ("minor_page_faults_total", _INT)}),
+    "num_threads": _single("num_threads", _INT),
+    "open_filedesc": _single("open_fds", _INT),
+    "read_bytes_total": _single("read_bytes_total", _INT),
+    "write_bytes_total": _single("write_bytes_total", _INT),
+    "major_page_faults_total": _single("major_page_faults_total", _INT),
+    "minor_page_faults_total": _single("minor_page_faults_total", _INT),
     "context_switches_total": (
         "ctxswitchtype",
         {
@@ -79,7 +87,7 @@ _FIELDS: dict[str, tuple[str | None, dict[str, tuple[str, str]]]] = {
             "nonvoluntary": ("context_switches_nonvoluntary_total", _INT),
         },
     ),
-    "oldest_start_time_seconds": (None, {"": ("oldest_start_time", _TIME)}),
+    "oldest_start_time_seconds": _single("oldest_start_time", _TIME),
 }
 _WANTED = frozenset(_PREFIX + name for name in _FIELDS)
 _SAMPLE_NAME_RE = re.compile(r"[^{\s]+")

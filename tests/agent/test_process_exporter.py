@@ -41,11 +41,17 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-async def scrape_fixture(name: str, **kwargs) -> ExporterScrape:
-    with respx.mock(assert_all_called=True) as mock:
-        mock.get(URL).respond(200, content=fixture_bytes(name))
+async def scrape_mocked(answer, *, assert_all_called: bool = True, **kwargs) -> ExporterScrape:
+    """Scrape ``URL`` with respx answering through ``answer(route)`` (it gets the GET route)."""
+    with respx.mock(assert_all_called=assert_all_called) as mock:
+        answer(mock.get(URL))
         async with httpx.AsyncClient() as client:
             return await scrape_groups(client, URL, **kwargs)
+
+
+async def scrape_fixture(name: str, **kwargs) -> ExporterScrape:
+    content = fixture_bytes(name)
+    return await scrape_mocked(lambda route: route.respond(200, content=content), **kwargs)
 
 
 def by_name(scrape: ExporterScrape) -> dict[str, ProcessGroup]:
@@ -215,11 +221,8 @@ async def test_an_unparseable_exposition_is_a_collect_error():
 
 @pytest.mark.parametrize("status", [404, 500, 503])
 async def test_a_non_200_answer_is_a_collect_error_with_url_and_status(status):
-    with respx.mock() as mock:
-        mock.get(URL).respond(status, text="down")
-        async with httpx.AsyncClient() as client:
-            with pytest.raises(CollectError) as info:
-                await scrape_groups(client, URL)
+    with pytest.raises(CollectError) as info:
+        await scrape_mocked(lambda route: route.respond(status, text="down"))
     assert isinstance(info.value, ExporterUnavailable)
     assert (info.value.url, info.value.reason) == (URL, f"HTTP {status}")
     assert URL in str(info.value)
@@ -230,11 +233,8 @@ async def test_a_non_200_answer_is_a_collect_error_with_url_and_status(status):
     [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("x")],
 )
 async def test_transport_errors_are_collect_errors(error):
-    with respx.mock() as mock:
-        mock.get(URL).mock(side_effect=error)
-        async with httpx.AsyncClient() as client:
-            with pytest.raises(ExporterUnavailable) as info:
-                await scrape_groups(client, URL)
+    with pytest.raises(ExporterUnavailable) as info:
+        await scrape_mocked(lambda route: route.mock(side_effect=error))
     assert type(error).__name__ in info.value.reason
 
 
@@ -254,11 +254,10 @@ async def test_timeout_s_bounds_the_whole_request():
         await asyncio.sleep(30)
 
     # A cancelled call is not recorded by respx, hence assert_all_called=False.
-    with respx.mock(assert_all_called=False) as mock:
-        mock.get(URL).mock(side_effect=stall)
-        async with httpx.AsyncClient() as client:
-            with pytest.raises(ExporterUnavailable, match="no complete answer within 0.05 s"):
-                await scrape_groups(client, URL, timeout_s=0.05)
+    with pytest.raises(ExporterUnavailable, match="no complete answer within 0.05 s"):
+        await scrape_mocked(
+            lambda route: route.mock(side_effect=stall), assert_all_called=False, timeout_s=0.05
+        )
     assert entered.is_set()
 
 
