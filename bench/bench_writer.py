@@ -107,19 +107,9 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
-async def connect_when_ready(url: str) -> asyncpg.Connection:
-    """A just-started PostgreSQL listens before it accepts connections ("starting up")."""
-    for _ in range(300):
-        try:
-            return await asyncpg.connect(url)
-        except asyncpg.CannotConnectNowError:
-            await asyncio.sleep(0.1)
-    return await asyncpg.connect(url)
-
-
 async def create_database(admin_url: str) -> str:
     name = f"procfleet_bench_{uuid.uuid4().hex[:8]}"
-    conn = await connect_when_ready(admin_url)
+    conn = await asyncpg.connect(admin_url)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
     url = with_database(admin_url, name)

@@ -38,6 +38,7 @@ from agent.errors import ConfigError
 from ingest_gateway import stream
 
 INSERT_METHODS = ("copy", "staging", "unnest")
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def default_consumer_name() -> str:
@@ -61,7 +62,7 @@ class WorkerSettings:
     """Everything a digest worker needs to know, validated on construction."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    database_url: str = DEFAULT_DATABASE_URL
     shards: int = stream.DEFAULT_SHARDS
     batch_size: int = 5000
     batch_max_wait_ms: int = 200

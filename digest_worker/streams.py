@@ -175,10 +175,7 @@ class GroupConsumer:
     async def keep_claimed(self, entries: list[Entry]) -> None:
         """Reset the idle time of entries this consumer still works on (``XCLAIM … JUSTID``
         does not count a delivery), so nobody claims them during a long database outage."""
-        by_shard: dict[int, list[bytes]] = {}
-        for entry in entries:
-            by_shard.setdefault(entry.shard, []).append(entry.entry_id)
-        for shard, ids in by_shard.items():
+        for shard, ids in _ids_by_shard(entries).items():
             await self.commands.execute_command(
                 "XCLAIM", self.keys[shard], self.group, self.consumer, 0, *ids, "JUSTID"
             )
@@ -187,9 +184,7 @@ class GroupConsumer:
         """Dead-letter ``dead``, acknowledge every entry of ``entries`` (the dead ones
         included) and trim what the group has acknowledged, in one transaction. Returns the
         backlog left (sum of XLEN: entries from the oldest one not yet acknowledged)."""
-        by_shard: dict[int, list[bytes]] = {}
-        for entry in entries:
-            by_shard.setdefault(entry.shard, []).append(entry.entry_id)
+        by_shard = _ids_by_shard(entries)
         pipe = self.commands.pipeline(transaction=True)
         for entry, reason in dead:
             pipe.execute_command(
@@ -264,6 +259,13 @@ class GroupConsumer:
             shard = shard_of[key]
             entries += [Entry(shard, entry_id, fields) for entry_id, fields in items]
         return entries
+
+
+def _ids_by_shard(entries: list[Entry]) -> dict[int, list[bytes]]:
+    by_shard: dict[int, list[bytes]] = {}
+    for entry in entries:
+        by_shard.setdefault(entry.shard, []).append(entry.entry_id)
+    return by_shard
 
 
 def is_missing_group(exc: BaseException) -> bool:

@@ -8,8 +8,6 @@ import argparse
 import os
 import sys
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None,
@@ -21,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     import asyncpg
 
-    from digest_worker.settings import mask_url
+    from digest_worker.settings import DEFAULT_DATABASE_URL, mask_url
     from migrations.runner import MigrationError, discover, migrate
 
     url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL

@@ -1,8 +1,8 @@
-"""Fixtures of the worker tests: a migrated database per test, a clean Redis key space,
-message builders and a worker factory.
+"""Fixtures of the worker tests: settings, message builders and a worker factory.
 
-The ``redis`` fixture (tests/conftest.py) keeps the ``procfleet:*`` key space empty around
-every test.
+The ``migrated_database`` fixture (tests/conftest.py) gives a new database with every
+migration applied per test; ``redis`` keeps the ``procfleet:*`` key space empty around every
+test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 from digest_worker.settings import WorkerSettings
@@ -24,17 +23,11 @@ from ingest_gateway import stream
 SHARDS = 4
 
 
-@pytest_asyncio.fixture
-async def database(migrated_database) -> str:
-    """URL of a new database with every migration applied."""
-    return migrated_database
-
-
 @pytest.fixture
-def settings(redis_url, database) -> WorkerSettings:
+def settings(redis_url, migrated_database) -> WorkerSettings:
     """Worker settings for tests: short waits, burst mode (override with ``with_overrides``)."""
     return WorkerSettings(
-        redis_url=redis_url, database_url=database, shards=SHARDS, batch_size=500,
+        redis_url=redis_url, database_url=migrated_database, shards=SHARDS, batch_size=500,
         batch_max_wait_ms=20, block_ms=200, socket_timeout_s=5, summary_interval_s=3600,
         retry_max_delay_s=0.5, burst=True,
     )

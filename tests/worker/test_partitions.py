@@ -22,8 +22,8 @@ def at(day: date, hour: int = 12) -> datetime:
 
 
 @pytest.fixture
-async def conn(database):
-    connection = await asyncpg.connect(database)
+async def conn(migrated_database):
+    connection = await asyncpg.connect(migrated_database)
     yield connection
     await connection.close()
 
@@ -96,8 +96,9 @@ async def test_retention_drops_whole_days_older_than_retention_days(conn):
                                                                kept_day)]
 
 
-async def test_two_upkeeps_at_once_do_not_collide(database):
-    first, second = await asyncpg.connect(database), await asyncpg.connect(database)
+async def test_two_upkeeps_at_once_do_not_collide(migrated_database):
+    first, second = (await asyncpg.connect(migrated_database),
+                     await asyncpg.connect(migrated_database))
     try:
         reports = await asyncio.gather(run_upkeep(first, TODAY, 7, 3),
                                        run_upkeep(second, TODAY, 7, 3))

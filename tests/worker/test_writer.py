@@ -16,8 +16,8 @@ TS = 1_790_000_000.0
 
 
 @pytest.fixture
-async def conn(database):
-    connection = await asyncpg.connect(database)
+async def conn(migrated_database):
+    connection = await asyncpg.connect(migrated_database)
     yield connection
     await connection.close()
 
