@@ -236,27 +236,14 @@ async def prepare(redis_url: str, token_file: Path) -> None:
     token_file.chmod(0o600)
 
 
-async def connect_when_ready(url: str, timeout_s: float = 30.0) -> asyncpg.Connection:
-    """A just-started PostgreSQL listens before it accepts connections ("starting up")."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await asyncpg.connect(url)
-        except (asyncpg.CannotConnectNowError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-
-
 async def enable_commit_timestamps(server: EmbeddedPostgres) -> None:
-    conn = await connect_when_ready(server.url)
+    conn = await asyncpg.connect(server.url)
     try:
         await conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
     finally:
         await conn.close()
     server.stop()  # the setting needs a restart
     server.start()
-    (await connect_when_ready(server.url)).terminate()
 
 
 async def main(args: argparse.Namespace, scratch: Path) -> None:

@@ -236,24 +236,12 @@ def scratch_database(url: str) -> tuple[str, str]:
     return name, urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
-async def connect_when_ready(url: str, timeout_s: float = 30.0) -> asyncpg.Connection:
-    """An embedded server listens before it accepts connections ("starting up")."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return await asyncpg.connect(url)
-        except (asyncpg.CannotConnectNowError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 async def with_database(admin_url: str, args: argparse.Namespace) -> None:
     if args.reuse:
         await run_bench(args.reuse, args)
         return
     name, url = scratch_database(admin_url)
-    admin = await connect_when_ready(admin_url)
+    admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         await run_bench(url, args)

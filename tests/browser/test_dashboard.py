@@ -16,14 +16,13 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from redis.asyncio import Redis
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from digest_worker.rollup import refresh_rollups
-from ingest_gateway import routes_query, stream
+from ingest_gateway import routes_query
 from ingest_gateway.app import create_app
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
@@ -59,7 +58,7 @@ ORDER BY t
 
 
 @pytest_asyncio.fixture
-async def dashboard(redis_url, migrated_database):
+async def dashboard(redis_url, redis, migrated_database):
     """A gateway on a local port over a database with 3 days of samples, and a read token."""
     url = migrated_database
     conn = await asyncpg.connect(url)
@@ -77,17 +76,12 @@ async def dashboard(redis_url, migrated_database):
     await conn.execute("ANALYZE")
     await refresh_rollups(conn, now=now, retention_days=4, max_chunks=200)
     await conn.close()
-    redis = Redis.from_url(redis_url, protocol=2)
     _, token = await TokenStore(redis).create("read", "browser-test")
     settings = GatewaySettings(redis_url=redis_url, database_url=url, token_refresh_s=0.2)
     server = TestServer(create_app(settings, extra_routes=[routes_query.setup]))
     await server.start_server()
     yield server, token
     await server.close()
-    keys = [k async for k in redis.scan_iter(match=f"{stream.KEY_PREFIX}*", count=1000)]
-    if keys:
-        await redis.delete(*keys)
-    await redis.aclose()
 
 
 def new_browser() -> webdriver.Chrome:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest_asyncio
 
 from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey
-from tests.e2e.harness import Stack, wait_for_postgres
+from tests.e2e.harness import Stack
 
 
 @dataclass
@@ -25,7 +25,6 @@ async def pipeline(own_valkey, own_postgres, tmp_path) -> AsyncIterator[Pipeline
     """Own servers, migrated, with two tokens; every program started is stopped by pid at
     the end (their log tails are printed, pytest shows them when the test failed)."""
     valkey, postgres = own_valkey(), own_postgres()
-    await wait_for_postgres(postgres.url)
     stack = await Stack(valkey.url, postgres.url, tmp_path).prepare()
     try:
         yield Pipeline(stack, valkey, postgres)

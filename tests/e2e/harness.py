@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
 import httpx
 import orjson
 from redis.asyncio import Redis
@@ -248,17 +247,3 @@ class Stack:
     def diagnosis(self) -> str:
         return "\n".join(f"--- {p.name} (pid {p.proc.pid if p.proc else '-'}, "
                          f"alive={p.alive}):\n{p.tail()}" for p in self.programs)
-
-
-
-async def wait_for_postgres(url: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    """A just-started server listens before it accepts connections ("starting up")."""
-    async def accepts() -> bool:
-        try:
-            conn = await asyncpg.connect(url, timeout=2)
-        except (asyncpg.CannotConnectNowError, OSError, asyncpg.PostgresError):
-            return False
-        await conn.close()
-        return True
-
-    await wait_until(accepts, f"PostgreSQL at {url} accepting connections", timeout_s)
