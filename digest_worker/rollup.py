@@ -50,8 +50,6 @@ LATE_REACH = timedelta(minutes=3)
 UPKEEP_INTERVAL_S = 3600.0
 LOCK_KEY = 0x70726F63726F6C  # "procrol"
 SOURCES = ("groups", "processes")
-# The raw table behind each source: where a first run finds its oldest sample.
-SAMPLE_TABLES = {"groups": "process_group_samples", "processes": "process_samples"}
 MINUTE_FUNCTIONS = {"groups": "rollup_group_minutes", "processes": "rollup_process_minutes"}
 ROLLUP_TABLES = ("rollup_minute", "rollup_hour", "rollup_fleet_minute", "rollup_fleet_hour")
 CELL_COLUMNS = ("samples", "cpu_seconds", "cpu_core_minutes", "memory_byte_minutes",
@@ -80,16 +78,6 @@ class RollupReport:
             mark = self.watermarks.get(source)
             kv[f"{source}_watermark"] = mark.isoformat() if mark else "none"
         return kv
-
-
-async def _first_chunk(conn: asyncpg.Connection, source: str,
-                       backfill_from: datetime) -> datetime:
-    """Where a source's first run starts: the chunk of its oldest sample within the retention,
-    so a new installation is rolled up in one run instead of walking empty days. With no
-    sample yet, the backfill start (the caller's loop ends at once when that is past)."""
-    oldest = await conn.fetchval(
-        f"SELECT min(ts) FROM {SAMPLE_TABLES[source]} WHERE ts >= $1", backfill_from)
-    return max(backfill_from, floor_to(oldest, CHUNK)) if oldest else backfill_from
 
 
 def floor_to(moment: datetime, step: timedelta) -> datetime:
@@ -152,7 +140,7 @@ class RollupJob:
 
     async def _advance(self, conn: asyncpg.Connection, source: str, mark: datetime | None,
                        target: datetime, backfill_from: datetime) -> tuple[datetime | None, int]:
-        start = mark or await _first_chunk(conn, source, backfill_from)
+        start = mark or backfill_from
         done = 0
         for _ in range(self.max_chunks):
             if start >= target:

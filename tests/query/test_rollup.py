@@ -135,14 +135,3 @@ async def test_rollup_tables_get_daily_partitions(db):
         "WHERE i.inhparent = 'rollup_minute'::regclass")}
     assert f"rollup_minute_p{now:%Y%m%d}" in names
     assert f"rollup_minute_p{now + timedelta(days=3):%Y%m%d}" in names
-
-
-async def test_first_run_starts_at_the_oldest_sample_not_at_the_retention_horizon(db):
-    base = base_time()
-    await insert_groups(db, steady_group("web-01", "nginx", base, 30, cores=0.5))
-    now = base + timedelta(minutes=45)
-    # Two chunks (hours) per run: walking from a 7-day horizon would need 84 runs.
-    first = await refresh_rollups(db, now=now, retention_days=7, max_chunks=2)
-    assert first.watermarks["groups"] == now - timedelta(minutes=1)
-    cells = await db.fetchval("SELECT count(*) FROM rollup_minute WHERE source = 'groups'")
-    assert cells == 31  # one cell per minute of the 30-minute series (its 31 samples)
