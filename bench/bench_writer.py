@@ -81,9 +81,15 @@ def tree_cpu_s(pid: int | None) -> float:
     return total / CLOCK_TICKS
 
 
+def rfc3339(seconds: float) -> str:
+    """A start time as the gateway puts it in a message (stream schema 2)."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
 def make_messages(count: int, now_s: float) -> list[tuple[str, tuple]]:
     """``count`` messages shaped like real reports, one report per host per 15 s."""
     out: list[tuple[str, tuple]] = []
+    start_times = [rfc3339(now_s - 3 * 86400 + j) for j in range(300)]
     report = 0
     while len(out) < count:
         host, ts = report % 97, now_s - 3600 + (report // 97) * 15
@@ -92,8 +98,9 @@ def make_messages(count: int, now_s: float) -> list[tuple[str, tuple]]:
                           "0.1.0")))
         out.append(("s", (sid, ts, "ps", f"{report:064x}", 300, 0, None)))
         out += [("g", (sid, ts, f"group-{g}", 3, 10.5 + report, 2.5, 10_000_000, 20_000_000,
-                       0, 12, 40, 1000, 2000, 1, 2, 3, 4, ts - 86400)) for g in range(20)]
-        out += [("p", (sid, ts, 1000 + j, now_s - 3 * 86400 + j, 1 + j // 10,
+                       0, 12, 40, 1000, 2000, 1, 2, 3, 4, rfc3339(ts - 86400)))
+                for g in range(20)]
+        out += [("p", (sid, ts, 1000 + j, start_times[j], 1 + j // 10,
                        "www-data" if j % 3 else "root", f"worker-{j % 40}",
                        f"/usr/bin/python3 -m app.worker --queue q{j % 7} --concurrency 4",
                        "S", 12.25 + j + report, 0.5, 0.8, 123_456_789 + j, 987_654_321,
@@ -149,8 +156,10 @@ def raw_records(messages: list, worker_codec: bool) -> dict[str, list[tuple]]:
     if worker_codec:
         return tables
 
-    def dt(seconds):
-        return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+    def dt(value):
+        if isinstance(value, str):
+            return datetime.fromisoformat(value)
+        return datetime.fromtimestamp(value, UTC) if value is not None else None
 
     return {
         "process_samples": [(r[0], dt(r[1]), r[2], dt(r[3]), *r[4:])

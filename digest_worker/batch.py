@@ -21,7 +21,7 @@ class Batch:
     ``(entry, reason label, reason text)``."""
 
     entries: list[Entry] = field(default_factory=list)
-    messages: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    messages: list[tuple[str, list[Any]]] = field(default_factory=list)
     sources: list[Entry] = field(default_factory=list)
     dead: list[tuple[Entry, str, str]] = field(default_factory=list)
 
@@ -43,10 +43,7 @@ def decode_batch(entries: list[Entry], max_deliveries: int) -> Batch:
                                                 f"(max_deliveries={max_deliveries})"))
             continue
         try:
-            if len(fields) == 4:  # the usual v + d: skip the generic field walk
-                messages.append(decode({fields[0]: fields[1], fields[2]: fields[3]}))
-            else:
-                messages.append(decode(entry.field_map()))
+            messages.append(decode(fields))
         except stream.StreamDecodeError as exc:
             dead.append((entry, UNDECODABLE, f"cannot decode: {exc}"))
             continue

@@ -2,12 +2,13 @@
 
 A decoded message is ``(kind, row)`` with ``row`` in the order of ``stream.COLUMNS[kind]``.
 The sample tables keep that column order (migrations/0001) and the worker's connections take
-timestamps as the stream's epoch seconds (digest_worker/timestamps.py), so a message *is* its
+timestamps as the stream carries them (digest_worker/timestamps.py), so a message *is* its
 table row: the only change is the start-time sentinel of a process without one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,7 @@ class ServerSighting:
 class TableRows:
     """The rows of one batch, per table, plus one sighting per server."""
 
-    tables: dict[str, list[tuple[Any, ...]]] = field(
+    tables: dict[str, list[Sequence[Any]]] = field(
         default_factory=lambda: {table: [] for table in TABLE_COLUMNS}
     )
     servers: dict[str, ServerSighting] = field(default_factory=dict)
@@ -67,7 +68,7 @@ class TableRows:
         return rows
 
 
-def build_rows(messages: list[tuple[str, tuple[Any, ...]]]) -> TableRows:
+def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
     """Table rows of decoded ``messages``. Raises ``TypeError`` on a value that cannot be a
     row here; the database rejects the others (the writer isolates the message either way)."""
     out = TableRows()

@@ -66,10 +66,6 @@ class Entry:
         self.shard, self.entry_id, self.fields, self.deliveries = (
             shard, entry_id, fields, deliveries)
 
-    def field_map(self) -> dict[bytes, bytes]:
-        fields = self.fields or []
-        return dict(zip(fields[::2], fields[1::2], strict=False))
-
     def __repr__(self) -> str:
         return f"Entry({self.shard}, {self.entry_id!r}, deliveries={self.deliveries})"
 

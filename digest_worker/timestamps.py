@@ -1,14 +1,17 @@
-"""Timestamps as they travel: float epoch seconds from the stream straight to PostgreSQL.
+"""Timestamps as they travel: the stream's values straight to PostgreSQL.
 
 asyncpg's own ``timestamptz`` codec wants a ``datetime`` per value, and building then encoding
 two of them per row costs more than the rest of a row's encoding (bench/bench_writer.py).
-The worker's connections therefore get a binary ``timestamptz`` codec that takes the epoch
-seconds of the stream as they are (a ``datetime`` is accepted too) and memoises the 8 bytes
-of each distinct value — a report's rows share one ``ts`` and a process keeps its
-``start_time`` from one collection to the next.
+The worker's connections therefore get a binary ``timestamptz`` codec that takes the stream's
+values as they are — float epoch seconds (``ts``, and every timestamp of schema 1) or RFC 3339
+text with a UTC offset (``start_time`` and ``oldest_start_time`` of schema 2); a ``datetime``
+is accepted too — and memoises the 8 bytes of each distinct value: a report's rows share one
+``ts`` and a process keeps its ``start_time`` from one collection to the next.
 
-Every value is converted by ``datetime.fromtimestamp(seconds, UTC)`` (round-half-even to the
-microsecond), whatever the insert method, so the same sample always gets the same key.
+Epoch seconds are converted by ``datetime.fromtimestamp(seconds, UTC)`` (round-half-even to
+the microsecond) and text by ``datetime.fromisoformat``, whatever the insert method, so the
+same sample always gets the same key (the gateway writes microseconds at most, which a float
+epoch carries exactly, so both schemas give one instant the same key).
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ MEMO_MAX_ENTRIES = 200_000
 _INFINITY_US = 2**63 - 1
 
 _int64 = struct.Struct("!q")
-_memo: dict[float, bytes] = {}
+_memo: dict[float | str, bytes] = {}
 
 
-def to_pg_microseconds(value: float | int | datetime | date) -> int:
+def to_pg_microseconds(value: float | int | str | datetime | date) -> int:
     """Microseconds since 2000-01-01 UTC (PostgreSQL's binary timestamptz). ``datetime`` and
     ``date`` values are taken exactly as asyncpg's own codec takes them (naive = local time,
     ``datetime.max`` / ``datetime.min`` = ±infinity), so other users of a connection with
@@ -39,6 +42,13 @@ def to_pg_microseconds(value: float | int | datetime | date) -> int:
             moment = datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError) as exc:
             raise ValueError(f"timestamp out of range: {value!r}") from exc
+    elif type(value) is str:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"timestamp is not RFC 3339: {value[:64]!r}") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"timestamp without a UTC offset: {value[:64]!r}")
     elif isinstance(value, datetime):
         if value == datetime.max:
             return _INFINITY_US
@@ -53,14 +63,14 @@ def to_pg_microseconds(value: float | int | datetime | date) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def encode_timestamptz(value: float | int | datetime | date) -> bytes:
-    """The binary wire form of ``value``, memoised for epoch seconds."""
+def encode_timestamptz(value: float | int | str | datetime | date) -> bytes:
+    """The binary wire form of ``value``, memoised for epoch seconds and text."""
     try:
         return _memo[value]
     except KeyError:
         pass
     encoded = _int64.pack(to_pg_microseconds(value))
-    if type(value) is float or type(value) is int:
+    if type(value) is float or type(value) is int or type(value) is str:
         if len(_memo) >= MEMO_MAX_ENTRIES:
             _memo.clear()
         _memo[value] = encoded

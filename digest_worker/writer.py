@@ -24,6 +24,7 @@ whole batch and acknowledges nothing meanwhile.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ FALLBACK_BATCHES = 10
 # violation, program limit exceeded (e.g. an index row too large).
 POISON_SQLSTATE_CLASSES = ("22", "23", "54")
 
-Message = tuple[str, tuple[Any, ...]]
+Message = tuple[str, Sequence[Any]]
 
 SERVERS_UPSERT = f"""
 INSERT INTO servers ({", ".join(SERVER_COLUMNS)})

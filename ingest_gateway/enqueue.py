@@ -8,7 +8,7 @@ the agent's retry may add some messages twice, which the database keys absorb.
 
 Per report, on one connection:
   1. ``EXISTS procfleet:report:<id>``        → already enqueued once: duplicate, send nothing
-  2. ``XADD <stream> * v 1 d <payload>`` × N  (then, when durability is asked, wait for the
+  2. ``XADD <stream> * m <payload>`` × N      (then, when durability is asked, wait for the
      AOF fsync through the group-commit ``durability.AofBarrier``)
   3. ``SET procfleet:report:<id> 1 EX ttl``  only after every reply of step 2 is an id (its
      reply is not waited for: the next round trip on the connection reads it)
@@ -41,14 +41,10 @@ class EnqueueResult:
 
 
 def xadd_prefix(shard: int) -> bytes:
-    """``XADD <stream> * v <version> d`` in RESP: everything of a command but the payload."""
+    """``XADD <stream> * m`` in RESP: everything of a command but the payload."""
     key = stream.sample_stream(shard).encode()
-    return (
-        b"*7\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
-        % (len(key), key, len(stream.FIELD_VERSION), stream.FIELD_VERSION,
-           len(stream.SCHEMA_VERSION), stream.SCHEMA_VERSION,
-           len(stream.FIELD_DATA), stream.FIELD_DATA)
-    )
+    return b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n$1\r\n*\r\n$%d\r\n%s\r\n" % (
+        len(key), key, len(stream.FIELD_MESSAGE), stream.FIELD_MESSAGE)
 
 
 def frame_xadds(prefix: bytes, payloads: list[bytes]) -> bytes:

@@ -53,7 +53,7 @@ def cap_utf8(text: str | None, max_bytes: int) -> str | None:
 
 
 def report_messages(report: Report, *, shards: int, max_raw_output_bytes: int) -> ReportMessages:
-    """Encode a report into its stream messages (datetimes become epoch seconds)."""
+    """Encode a report into its stream messages (``ts`` as epoch seconds, see ``stream``)."""
     host = report.host
     server_id, ts = host.server_id, report.collected_at.timestamp()
     payloads = [

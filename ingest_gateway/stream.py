@@ -4,16 +4,24 @@ This module is the only place that knows how samples travel from the gateway to 
 workers. The gateway encodes with it, the workers decode with it (it is the one module of
 ``ingest_gateway`` that ``digest_worker`` may import), so it depends on nothing but orjson.
 
-A message is one stream entry with two fields:
+A message is one stream entry with one field, ``m``: an orjson array
+``[SCHEMA_VERSION, kind, *columns]`` whose columns follow ``COLUMNS[kind]``. Kinds: ``p`` one
+OS process sample, ``g`` one process_exporter group sample, ``h`` host metadata (one per
+report), ``s`` snapshot metadata (one per raw output).
 
-    v  schema version (``SCHEMA_VERSION``)
-    d  an orjson array ``[kind, *columns]`` whose columns follow ``COLUMNS[kind]``
+Why this shape: one message per process is the product's shape, so every byte and every field
+of an entry is paid for per process. A positional array is one ``orjson.dumps`` per sample, and
+one field instead of two (version, data) costs Redis ~20 % less per ``XADD`` with AOF on
+(docs/BENCHMARKS.md, "Stream messages").
 
-Positional arrays keep entries small and make encoding one ``orjson.dumps`` call per sample.
-Kinds: ``p`` one OS process sample, ``g`` one process_exporter group sample, ``h`` host
-metadata (one per report), ``s`` snapshot metadata (one per raw output).
+Timestamps: ``ts`` (the collection time, shared by a report's rows) is float epoch seconds,
+which the worker compares; every other timestamp (``start_time``, ``oldest_start_time``) is
+the RFC 3339 text orjson writes for the validated datetime (a Python conversion per row cost
+the gateway more than encoding the rest of the row).
 
-Timestamps travel as float seconds since the epoch (UTC).
+Schema 1 (written by earlier gateways: fields ``v`` = ``1`` and ``d`` =
+``[kind, *columns]``, every timestamp as epoch seconds) is still decoded, so an upgrade never
+strands the entries already in a stream.
 
 Streams are sharded by a stable hash of ``server_id`` so one host's samples stay in order on
 one stream; the shard number is a Redis Cluster hash tag (``{3}``), so a stream, its
@@ -24,20 +32,22 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Final
 
 import orjson
 
-SCHEMA_VERSION: Final = b"1"
+SCHEMA_VERSION: Final = 2
 
 KEY_PREFIX: Final = "procfleet:"
 GROUP: Final = "digest"
 DEFAULT_SHARDS: Final = 4
 MAX_SHARDS: Final = 1024
 
-FIELD_VERSION: Final = b"v"
-FIELD_DATA: Final = b"d"
+FIELD_MESSAGE: Final = b"m"
+# Schema 1's fields, decoded only.
+LEGACY_FIELD_VERSION: Final = b"v"
+LEGACY_FIELD_DATA: Final = b"d"
+LEGACY_VERSION: Final = b"1"
 
 KIND_PROCESS: Final = "p"
 KIND_GROUP: Final = "g"
@@ -101,23 +111,13 @@ def shard_for(server_id: str, shards: int) -> int:
 
 def encode(kind: str, row: tuple[Any, ...]) -> dict[bytes, bytes]:
     """The fields of one stream entry. ``row`` follows ``COLUMNS[kind]``."""
-    return {FIELD_VERSION: SCHEMA_VERSION, FIELD_DATA: orjson.dumps([kind, *row])}
-
-
-def _epoch_seconds(value: object) -> float:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    raise TypeError(f"cannot encode {type(value).__name__} in a stream message")
-
-
-_DATETIME_AS_EPOCH = {"default": _epoch_seconds, "option": orjson.OPT_PASSTHROUGH_DATETIME}
+    return {FIELD_MESSAGE: encode_data(kind, row)}
 
 
 def encode_data(kind: str, row: tuple[Any, ...]) -> bytes:
-    """The ``d`` field alone, for callers that frame ``XADD`` themselves (they send
-    ``FIELD_VERSION`` = ``SCHEMA_VERSION`` and ``FIELD_DATA`` = this). Aware datetimes in
-    ``row`` become float epoch seconds; otherwise the same bytes as ``encode``."""
-    return orjson.dumps((kind, *row), **_DATETIME_AS_EPOCH)
+    """The ``m`` field alone, for callers that frame ``XADD`` themselves. ``ts`` must be
+    epoch seconds; other datetimes in ``row`` become RFC 3339 text."""
+    return orjson.dumps((SCHEMA_VERSION, kind, *row))
 
 
 def row_encoder(kind: str, *head: Any) -> Callable[[tuple[Any, ...]], bytes]:
@@ -126,33 +126,61 @@ def row_encoder(kind: str, *head: Any) -> Callable[[tuple[Any, ...]], bytes]:
     ``row_encoder("p", server_id, ts)(rest)`` returns the bytes of
     ``encode_data("p", (server_id, ts, *rest))``: the shared prefix is encoded once and only
     ``rest`` per row, which is what makes one message per process affordable."""
-    prefix = orjson.dumps((kind, *head), **_DATETIME_AS_EPOCH)[:-1] + b","
+    prefix = orjson.dumps((SCHEMA_VERSION, kind, *head))[:-1] + b","
     dumps = orjson.dumps
-    default, option = _epoch_seconds, orjson.OPT_PASSTHROUGH_DATETIME
 
     def encode_rest(rest: tuple[Any, ...]) -> bytes:
-        # "[a,b]"[1:] is "a,b]": spliced after "[kind,head...," it closes the same array.
+        # "[a,b]"[1:] is "a,b]": spliced after "[version,kind,head...," it closes the array.
         if not rest:
             return prefix[:-1] + b"]"
-        return prefix + dumps(rest, default=default, option=option)[1:]
+        return prefix + dumps(rest)[1:]
 
     return encode_rest
 
 
-def decode(fields: dict[bytes, bytes]) -> tuple[str, tuple[Any, ...]]:
-    """``(kind, row)`` of a stream entry, or ``StreamDecodeError`` naming what is wrong."""
-    version = fields.get(FIELD_VERSION)
-    if version != SCHEMA_VERSION:
+_ROW_LENGTH = {kind: len(columns) for kind, columns in COLUMNS.items()}
+
+
+def decode(fields: list[bytes] | dict[bytes, bytes]) -> tuple[str, list[Any]]:
+    """``(kind, row)`` of a stream entry, or ``StreamDecodeError`` naming what is wrong.
+    ``fields`` is the flat field/value list Redis sends, or a mapping of it."""
+    if type(fields) is list and len(fields) == 2 and fields[0] == FIELD_MESSAGE:
+        payload = fields[1]  # the usual entry: skip the generic field walk
+    else:
+        if not isinstance(fields, dict):
+            fields = dict(zip(fields[::2], fields[1::2], strict=False))
+        if FIELD_MESSAGE not in fields:
+            return _decode_legacy(fields)
+        payload = fields[FIELD_MESSAGE]
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise StreamDecodeError(f"unreadable payload: {exc}") from None
+    if type(data) is not list or len(data) < 2 or data[0] != SCHEMA_VERSION:
+        raise StreamDecodeError(f"not a schema {SCHEMA_VERSION} message: {str(data)[:80]!r}")
+    kind = data[1]
+    if _ROW_LENGTH.get(kind) != len(data) - 2:
+        raise StreamDecodeError(_wrong_shape(kind, len(data) - 2))
+    return kind, data[2:]
+
+
+def _decode_legacy(fields: dict[bytes, bytes]) -> tuple[str, list[Any]]:
+    version = fields.get(LEGACY_FIELD_VERSION)
+    if version != LEGACY_VERSION:
         raise StreamDecodeError(f"unsupported schema version {version!r}")
     try:
-        data = orjson.loads(fields[FIELD_DATA])
+        data = orjson.loads(fields[LEGACY_FIELD_DATA])
     except (KeyError, orjson.JSONDecodeError) as exc:
-        raise StreamDecodeError(f"unreadable payload: {exc}") from exc
-    if not isinstance(data, list) or not data or data[0] not in COLUMNS:
-        raise StreamDecodeError(f"unknown message kind in {str(data)[:80]!r}")
-    kind, row = data[0], tuple(data[1:])
-    if len(row) != len(COLUMNS[kind]):
-        raise StreamDecodeError(
-            f"kind {kind!r} has {len(row)} columns, expected {len(COLUMNS[kind])}"
-        )
-    return kind, row
+        raise StreamDecodeError(f"unreadable payload: {exc}") from None
+    if type(data) is not list or not data:
+        raise StreamDecodeError(f"not a schema 1 message: {str(data)[:80]!r}")
+    kind = data[0]
+    if _ROW_LENGTH.get(kind) != len(data) - 1:
+        raise StreamDecodeError(_wrong_shape(kind, len(data) - 1))
+    return kind, data[1:]
+
+
+def _wrong_shape(kind: Any, columns: int) -> str:
+    if kind not in COLUMNS:
+        return f"unknown message kind {str(kind)[:20]!r}"
+    return f"kind {kind!r} has {columns} columns, expected {len(COLUMNS[kind])}"

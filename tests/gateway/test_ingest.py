@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from gateway_helpers import report_doc, stream_entries, total_messages
 
@@ -44,15 +45,17 @@ async def test_message_columns_carry_the_report_values(gateway, redis):
     process = doc["processes"][0]
     assert rows["p"]["server_id"] == "web-01" and rows["p"]["ts"] == ts
     assert rows["p"]["pid"] == process["pid"]
-    assert rows["p"]["start_time"] == datetime.fromisoformat(process["start_time"]).timestamp()
+    # start times travel as RFC 3339 text (stream schema 2), ts as epoch seconds
+    assert datetime.fromisoformat(rows["p"]["start_time"]) == datetime.fromisoformat(
+        process["start_time"])
     assert rows["p"]["cpu_seconds_total"] == process["cpu_seconds_total"]
     assert rows["p"]["command"] == process["command"]
     assert rows["p"]["session_id"] is None
     group = doc["process_groups"][0]
     assert rows["g"]["name"] == group["name"]
     assert rows["g"]["memory_resident_bytes"] == group["memory_resident_bytes"]
-    assert rows["g"]["oldest_start_time"] == datetime.fromisoformat(
-        group["oldest_start_time"]).timestamp()
+    assert datetime.fromisoformat(rows["g"]["oldest_start_time"]) == datetime.fromisoformat(
+        group["oldest_start_time"])
 
 
 async def test_hosts_spread_over_shards_by_stable_hash(make_gateway, redis):
@@ -111,7 +114,8 @@ async def test_stream_entries_have_schema_version_and_no_maxlen_trimming(gateway
     key = stream.sample_stream(stream.shard_for("same", 4))
     assert await redis.xlen(key) == 3 * 52
     _, fields = (await redis.xrange(key, count=1))[0]
-    assert fields[stream.FIELD_VERSION] == stream.SCHEMA_VERSION
+    assert list(fields) == [stream.FIELD_MESSAGE]
+    assert orjson.loads(fields[stream.FIELD_MESSAGE])[:2] == [stream.SCHEMA_VERSION, "h"]
 
 
 async def test_metrics_count_requests_messages_and_rejections(gateway):

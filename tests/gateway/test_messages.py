@@ -29,30 +29,33 @@ def test_row_encoder_gives_the_bytes_of_encode_data():
     fast = stream.row_encoder("p", "srv", 1_700_000_000.25)(rest)
 
     assert fast == stream.encode_data("p", ("srv", 1_700_000_000.25, *rest))
-    assert orjson.loads(fast) == ["p", "srv", 1_700_000_000.25, 42, moment.timestamp(), None,
-                                  "root", "naïve \"name\"", 1.5, 2**60]
-    assert stream.row_encoder("p", "srv")(()) == b'["p","srv"]'
+    assert orjson.loads(fast) == [stream.SCHEMA_VERSION, "p", "srv", 1_700_000_000.25, 42,
+                                  "2026-03-01T12:30:15.123456+02:00", None, "root",
+                                  "naïve \"name\"", 1.5, 2**60]
+    assert stream.row_encoder("p", "srv")(()) == b'[%d,"p","srv"]' % stream.SCHEMA_VERSION
 
 
-def test_encode_data_matches_encode_for_plain_rows():
+def test_encode_data_is_the_one_field_of_encode():
     row = ("srv", 1.5, 7, None, "x")
-    assert stream.encode_data("p", row) == stream.encode("p", row)[stream.FIELD_DATA]
+    assert stream.encode("p", row) == {stream.FIELD_MESSAGE: stream.encode_data("p", row)}
 
 
 def test_report_messages_decode_back_to_the_report():
     report = Report.model_validate_json(orjson.dumps(report_doc(processes=3, groups=2)))
     messages = report_messages(report, shards=4, max_raw_output_bytes=1000)
 
-    decoded = [stream.decode({stream.FIELD_VERSION: stream.SCHEMA_VERSION,
-                              stream.FIELD_DATA: data}) for data in messages.payloads]
+    decoded = [stream.decode([stream.FIELD_MESSAGE, data]) for data in messages.payloads]
     assert [kind for kind, _ in decoded] == ["h", "g", "g", "p", "p", "p"]
     assert messages.shard == stream.shard_for(report.host.server_id, 4)
     assert (messages.processes, messages.groups) == (3, 2)
     first_process = dict(zip(stream.COLUMNS["p"], decoded[3][1], strict=True))
     source = report.processes[0]
-    assert first_process["start_time"] == source.start_time.timestamp()
+    assert datetime.fromisoformat(first_process["start_time"]) == source.start_time
     assert first_process["ts"] == report.collected_at.timestamp()
     assert first_process["rss_bytes"] == source.rss_bytes
+    first_group = dict(zip(stream.COLUMNS["g"], decoded[1][1], strict=True))
+    assert datetime.fromisoformat(first_group["oldest_start_time"]) == \
+        report.process_groups[0].oldest_start_time
 
 
 @pytest.mark.parametrize(("text", "limit", "expected"), [
@@ -67,16 +70,49 @@ def test_cap_utf8_never_splits_a_character(text, limit, expected):
 
 
 def test_xadd_framing_is_what_redis_expects():
-    payloads = [b'["p",1]', b'["p","\\r\\n"]']
+    payloads = [b'[2,"p",1]', b'[2,"p","\\r\\n"]']
     framed = frame_xadds(xadd_prefix(3), payloads)
 
     expected = b"".join(
-        pack_command("XADD", stream.sample_stream(3), "*", stream.FIELD_VERSION,
-                     stream.SCHEMA_VERSION, stream.FIELD_DATA, data) for data in payloads)
+        pack_command("XADD", stream.sample_stream(3), "*", stream.FIELD_MESSAGE, data)
+        for data in payloads)
     assert framed == expected
 
 
-def test_epoch_seconds_of_non_utc_offsets_are_exact():
+def test_datetimes_keep_their_offset_and_microseconds():
     moment = datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=timezone(timedelta(hours=-5, minutes=-30)))
-    data = stream.encode_data("p", (moment,))
-    assert orjson.loads(data)[1] == moment.timestamp() == moment.astimezone(UTC).timestamp()
+    (text,) = orjson.loads(stream.encode_data("p", (moment,)))[2:]
+    assert datetime.fromisoformat(text) == moment == moment.astimezone(UTC)
+    assert datetime.fromisoformat(text).timestamp() == moment.timestamp()
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def test_decode_takes_the_flat_field_list_or_a_mapping():
+    row = ("srv", 1.5, 7, None, "x", *([None] * 12))
+    payload = stream.encode_data("p", row)
+    assert stream.decode([stream.FIELD_MESSAGE, payload]) == ("p", list(row))
+    assert stream.decode({stream.FIELD_MESSAGE: payload}) == ("p", list(row))
+    assert stream.decode([b"trace", b"x", stream.FIELD_MESSAGE, payload]) == ("p", list(row))
+
+
+def test_decode_still_reads_schema_1_entries():
+    row = ["srv", 1.5, 7, 1_700_000_000.5, *([None] * 13)]
+    legacy = [b"v", b"1", b"d", orjson.dumps(["p", *row])]
+    assert stream.decode(legacy) == ("p", row)
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ([b"m", b"{nope"], "unreadable payload"),
+    ([b"m", b'["p","srv"]'], "not a schema 2 message"),
+    ([b"m", b'[2,"zz",1]'], "unknown message kind 'zz'"),
+    ([b"m", b'[2,"h","srv",1.5]'], "kind 'h' has 2 columns, expected 8"),
+    ([b"v", b"99", b"d", b"[]"], "unsupported schema version b'99'"),
+    ([b"v", b"1", b"d", b"{nope"], "unreadable payload"),
+    ([b"v", b"1", b"d", b'["p",1]'], "kind 'p' has 1 columns, expected 17"),
+    ([b"other", b"x"], "unsupported schema version None"),
+])
+def test_decode_names_what_is_wrong(fields, reason):
+    with pytest.raises(stream.StreamDecodeError, match=reason.replace("(", r"\(")):
+        stream.decode(fields)

@@ -124,10 +124,30 @@ def test_timestamp_codec_matches_datetime_fromtimestamp(seconds):
     assert encode_timestamptz(moment) == encode_timestamptz(seconds)
 
 
-@pytest.mark.parametrize("bad", ["2026-01-01", None, [1.0]])
-def test_timestamp_codec_rejects_what_is_not_epoch_seconds(bad):
+@pytest.mark.parametrize("bad", [None, [1.0], b"2026-01-01T00:00:00+00:00"])
+def test_timestamp_codec_rejects_what_is_not_a_timestamp(bad):
     with pytest.raises(TypeError):
         encode_timestamptz(bad)
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("2026-01-01", "without a UTC offset"),
+    ("2026-01-01T10:00:00", "without a UTC offset"),
+    ("yesterday", "not RFC 3339"),
+])
+def test_timestamp_codec_rejects_text_that_is_not_an_instant(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        encode_timestamptz(text)
+
+
+@pytest.mark.parametrize("text", ["2026-03-01T12:30:15.123456+02:00",
+                                  "2026-03-01T10:30:15.123456+00:00",
+                                  "2026-03-01T10:30:15.123456Z"])
+def test_rfc3339_text_and_epoch_seconds_of_one_instant_give_one_key(text):
+    # Schema 1 carried epoch seconds, schema 2 carries text: a report retried across an
+    # upgrade must land on the same primary key.
+    seconds = datetime(2026, 3, 1, 10, 30, 15, 123456, tzinfo=UTC).timestamp()
+    assert encode_timestamptz(text) == encode_timestamptz(seconds)
 
 
 def test_timestamp_out_of_range_is_a_value_error():
@@ -146,6 +166,10 @@ def encoded(kind, row):
     return [x for pair in stream.encode(kind, row).items() for x in pair]
 
 
+def as_tuples(messages):
+    return [(kind, tuple(row)) for kind, row in messages]
+
+
 def test_decode_batch_sets_aside_undecodable_and_over_delivered_entries():
     good = entry(encoded(*process()), entry_id=b"1-1")
     tired = entry(encoded(*process()), deliveries=6, entry_id=b"1-2")
@@ -154,7 +178,7 @@ def test_decode_batch_sets_aside_undecodable_and_over_delivered_entries():
 
     batch = decode_batch([good, tired, garbage, gone], max_deliveries=5)
 
-    assert batch.messages == [process()] and batch.sources == [good]
+    assert as_tuples(batch.messages) == [process()] and batch.sources == [good]
     assert [(e, label) for e, label, _reason in batch.dead] == [
         (tired, MAX_DELIVERIES), (garbage, UNDECODABLE)]
     assert batch.dead[0][2] == "delivered 6 times (max_deliveries=5)"
@@ -164,7 +188,7 @@ def test_decode_batch_sets_aside_undecodable_and_over_delivered_entries():
 def test_decode_batch_reads_entries_with_extra_fields():
     fields = [b"trace", b"x", *encoded(*process())]
     batch = decode_batch([entry(fields)], max_deliveries=5)
-    assert batch.messages == [process()]
+    assert as_tuples(batch.messages) == [process()]
 
 
 # -- retries -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
 
 from digest_worker.redis_client import connect
@@ -38,6 +39,31 @@ async def test_burst_worker_lands_every_row_and_empties_the_streams(redis, setti
     assert worker.summary.rows == len(messages)
     assert worker.summary.inserted == len(messages)
     assert worker.summary.duplicates == worker.summary.dead_lettered == 0
+
+
+def as_rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+async def test_a_report_in_schema_1_then_in_schema_2_lands_once(redis, settings):
+    # A report enqueued by an older gateway (schema 1: epoch seconds everywhere) and retried
+    # through a newer one (schema 2: start times as RFC 3339 text) must give the same keys.
+    messages = report_messages("upgraded", NOW - 60.123456, processes=4, groups=2)
+    for kind, row in messages:
+        await produce_raw(redis, "upgraded", {b"v": b"1",
+                                              b"d": orjson.dumps([kind, *row])})
+    start = {"p": stream.COLUMNS["p"].index("start_time"),
+             "g": stream.COLUMNS["g"].index("oldest_start_time")}
+    schema_2 = [(kind, tuple(as_rfc3339(v) if i == start.get(kind) else v
+                             for i, v in enumerate(row))) for kind, row in messages]
+    assert isinstance(schema_2[-1][1][start["p"]], str)
+    await produce(redis, schema_2)
+
+    worker = await run_burst(settings)
+
+    assert await table_counts(settings.database_url) == expected_counts(messages)
+    assert worker.summary.dead_lettered == 0
+    assert worker.summary.duplicates == sum(kind != "h" for kind, _ in messages)
 
 
 async def test_rows_keep_every_column_and_the_start_time_sentinel(redis, settings):
