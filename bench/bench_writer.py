@@ -50,7 +50,7 @@ from digest_worker import partitions, redis_client  # noqa: E402
 from digest_worker.rows import TABLE_COLUMNS, TABLE_OF_KIND, build_rows  # noqa: E402
 from digest_worker.settings import WorkerSettings  # noqa: E402
 from digest_worker.timestamps import UNKNOWN_START_TIME, install_codec  # noqa: E402
-from digest_worker.worker import Worker  # noqa: E402
+from digest_worker.worker import Worker, tune_gc  # noqa: E402
 from digest_worker.writer import BatchWriter  # noqa: E402
 from ingest_gateway import stream  # noqa: E402
 from migrations.runner import migrate  # noqa: E402
@@ -239,6 +239,7 @@ async def writer_only(url: str, messages: list, method: str) -> float:
 
 
 def _worker_child(settings: WorkerSettings, results) -> None:
+    tune_gc()  # as `procfleet worker` does
     cpu_s = time.process_time()
     summary = asyncio.run(Worker(settings).run())
     results.put((summary.rows, summary.consuming_since, summary.last_batch_done,

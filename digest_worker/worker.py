@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -47,8 +48,21 @@ from ingest_gateway import stream
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A batch in hand is ~4 container objects per entry (hiredis' lists, the Entry, the row), so
+# with the default gen-0 threshold of 700 the cyclic collector runs dozens of times per batch
+# and its older-generation passes walk every batch in hand. Nothing on this path makes
+# reference cycles: collecting rarely costs no memory and ~15 % of the worker's CPU per row
+# (bench/bench_writer.py, docs/BENCHMARKS.md "Digest workers").
+GC_GEN0_THRESHOLD = 100_000
 # How long a burst worker waits for more entries before it calls the streams drained.
 BURST_BLOCK_MS = 100
+
+
+def tune_gc() -> None:
+    """For a worker process (not a test run): freeze what start-up allocated, so the
+    collector never walks it again, and collect young objects rarely."""
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 class Worker:

@@ -81,7 +81,7 @@ def _run_worker(settings) -> int:
     import signal
 
     from agent.errors import ProcfleetError
-    from digest_worker.worker import Worker
+    from digest_worker.worker import Worker, tune_gc
 
     async def main() -> None:
         worker = Worker(settings)
@@ -90,6 +90,7 @@ def _run_worker(settings) -> int:
             loop.add_signal_handler(sig, worker.stop, sig.name.lower())
         await worker.run()
 
+    tune_gc()
     try:
         asyncio.run(main())
     except ProcfleetError as exc:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +242,12 @@ async def test_worker_waiting_for_an_unreachable_redis_stops_cleanly(caplog):
     assert summary.rows == 0
     [stopped] = [r for r in caplog.records if r.getMessage() == "worker stopped"]
     assert stopped.kv["reason"] == "sigterm"
+
+
+def test_a_worker_process_collects_rarely_and_never_walks_its_start_up_objects():
+    probe = ("import gc; from digest_worker.worker import tune_gc, GC_GEN0_THRESHOLD; "
+             "tune_gc(); print(gc.get_threshold()[0] == GC_GEN0_THRESHOLD, "
+             "gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["True", "True"]
