@@ -2,7 +2,9 @@
 
 Each simulated host (``bench/fleet_hosts.py``: ~300 processes and ~20 groups whose counters
 move) has its own ``server_id`` and phase (random splay) and reports every ``interval_s`` on a
-fixed grid, like ``procfleet agent``. Reports are gzipped and posted with httpx.
+fixed grid, like ``procfleet agent``. Reports are gzipped and posted over keep-alive
+connections by the small HTTP/1.1 client of ``bench/fleet_http.py``: the load generator shares
+the box with the pipeline it measures, so its CPU per report is kept low.
 
 Delivery follows the agent's rules, except that a simulated host never spools: transport
 errors, 408, 429 and 5xx are retried with the *same bytes and report_id* (honouring
@@ -20,29 +22,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gzip
 import math
 import os
 import random
-import ssl
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
 import orjson  # noqa: E402
 
 from bench.fleet_hosts import SentReport, SimHost  # noqa: E402
+from bench.fleet_http import HttpPool, HttpResponse, TransportError  # noqa: E402
 
 REPORTS_PATH = "/v1/reports"
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 10.0
-CONNECTIONS_PER_CLIENT = 2
+MAX_CONNECT_TIMEOUT_S = 5.0
+GZIP_WBITS = 31  # zlib's window bits for a gzip header and trailer
 
 
 @dataclass
@@ -85,17 +87,6 @@ class FleetStats:
                 "skipped_slots": self.skipped_slots}
 
 
-@dataclass
-class _Lane:
-    """One HTTP client and the requests it may have on the wire at once."""
-
-    client: httpx.AsyncClient
-    slots: asyncio.Semaphore
-
-    def __init__(self, client: httpx.AsyncClient, connections: int) -> None:
-        self.client, self.slots = client, asyncio.Semaphore(connections)
-
-
 class Fleet:
     """Runs ``options.hosts`` simulated hosts until ``stop()`` or ``duration_s``."""
 
@@ -103,6 +94,7 @@ class Fleet:
         self.options = options
         self.stats = FleetStats()
         self._stop = asyncio.Event()
+        self._sleepers: set[asyncio.Future] = set()
         # report_id -> monotonic start of its attempt on the wire now (fault tests kill the
         # gateway while requests are in here).
         self.in_flight: dict[str, float] = {}
@@ -118,34 +110,38 @@ class Fleet:
                          "Content-Type": "application/json"}
         if options.compress_level:
             self._headers["Content-Encoding"] = "gzip"
+        # One pool, its concurrency bounded here: waiting hosts queue on the semaphore (O(1)
+        # per wake-up), and at most ``max_connections`` connections are ever open.
+        self._http = HttpPool(options.gateway_url, self._headers,
+                              timeout_s=options.request_timeout_s,
+                              connect_timeout_s=min(MAX_CONNECT_TIMEOUT_S,
+                                                    options.request_timeout_s))
+        self._slots = asyncio.Semaphore(max(1, options.max_connections))
 
     def stop(self) -> None:
         """Finish the deliveries in progress and return from ``run`` (no new report)."""
         self._stop.set()
+        for sleeper in self._sleepers:
+            if not sleeper.done():
+                sleeper.set_result(None)
 
     async def run(self) -> FleetStats:
         opts = self.options
-        # Many small clients rather than one big one: httpx' pool checks every connection of
-        # a client on every request, so its CPU per request grows with the pool size.
-        per_client = min(CONNECTIONS_PER_CLIENT, opts.max_connections)
-        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-        timeout = httpx.Timeout(opts.request_timeout_s, connect=min(5.0, opts.request_timeout_s))
-        tls = ssl.create_default_context()  # loaded once, not once per client
         started = time.monotonic()
         try:
-            async with contextlib.AsyncExitStack() as clients:
-                lanes = [_Lane(await clients.enter_async_context(httpx.AsyncClient(
-                    base_url=opts.gateway_url, limits=limits, timeout=timeout, verify=tls)),
-                    per_client)
-                    for _ in range(max(1, opts.max_connections // per_client))]
-                rng = random.Random(opts.seed + 1)
-                tasks = [asyncio.create_task(self._host_loop(
-                    lanes[n % len(lanes)], host, started, rng.uniform(0, opts.interval_s)))
-                    for n, host in enumerate(self.hosts)]
-                ender = asyncio.create_task(self._end_after(opts.duration_s))
+            rng = random.Random(opts.seed + 1)
+            tasks = [asyncio.create_task(self._host_loop(host, started,
+                                                         rng.uniform(0, opts.interval_s)))
+                     for host in self.hosts]
+            ender = asyncio.create_task(self._end_after(opts.duration_s))
+            try:
                 await asyncio.gather(*tasks)
+            finally:
                 ender.cancel()
+                for task in tasks:
+                    task.cancel()  # only left running when one host failed
         finally:
+            await self._http.aclose()
             if self._out is not None:
                 self._out.close()
         return self.stats
@@ -155,25 +151,36 @@ class Fleet:
         self.stop()
 
     async def _sleep_until(self, deadline: float) -> None:
+        # A future and a timer, woken early by stop(): asyncio.wait_for(event.wait()) costs a
+        # task per sleep, which thousands of hosts pay on every report.
         delay = deadline - time.monotonic()
-        if delay > 0 and not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+        if delay <= 0 or self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        sleeper = loop.create_future()
+        timer = loop.call_later(delay, _wake, sleeper)
+        self._sleepers.add(sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleepers.discard(sleeper)
 
-    async def _host_loop(self, client: _Lane, host: SimHost, started: float,
-                         splay_s: float) -> None:
+    async def _host_loop(self, host: SimHost, started: float, splay_s: float) -> None:
         interval = self.options.interval_s
+        level = self.options.compress_level
         first = started + splay_s
         k = 0
         await self._sleep_until(first)
         while not self._stop.is_set():
             sent, body = host.report(time.time())
-            if self.options.compress_level:
-                body = gzip.compress(body, compresslevel=self.options.compress_level, mtime=0)
+            if level:
+                # gzip with mtime 0: what gzip.compress(body, level, mtime=0) makes.
+                body = zlib.compress(body, level, GZIP_WBITS)
             self.stats.reports.append(sent)
-            await self._deliver(client, sent, body)
+            await self._deliver(sent, body)
             if self._out is not None:
-                self._out.write(orjson.dumps(asdict(sent)) + b"\n")
+                self._out.write(orjson.dumps(sent) + b"\n")  # the dataclass' fields, in order
             k += 1
             behind = math.floor((time.monotonic() - first) / interval) + 1
             if behind > k:
@@ -181,12 +188,12 @@ class Fleet:
                 k = behind
             await self._sleep_until(first + k * interval)
 
-    async def _deliver(self, client: _Lane, sent: SentReport, body: bytes) -> None:
+    async def _deliver(self, sent: SentReport, body: bytes) -> None:
         deadline = time.monotonic() + self.options.give_up_after_s
         delay_s = 0.1
         while True:
             sent.attempts += 1
-            response = await self._attempt(client, sent, body)
+            response = await self._attempt(sent, body)
             retry_after: float | None = None
             if response is not None:
                 self.stats.statuses[response.status_code] += 1
@@ -198,7 +205,7 @@ class Fleet:
                     raise AssertionError(f"report {sent.report_id} refused: "
                                          f"{response.status_code} {response.text[:300]}")
                 with contextlib.suppress(ValueError):
-                    retry_after = float(response.headers.get("Retry-After", ""))
+                    retry_after = float(response.headers.get("retry-after", ""))
             if time.monotonic() >= deadline:
                 sent.given_up = True
                 return
@@ -206,29 +213,27 @@ class Fleet:
             await asyncio.sleep(wait_s * random.uniform(0.5, 1.0))
             delay_s = min(delay_s * 2, 2.0)
 
-    async def _attempt(self, lane: _Lane, sent: SentReport,
-                       body: bytes) -> httpx.Response | None:
+    async def _attempt(self, sent: SentReport, body: bytes) -> HttpResponse | None:
         """One POST; None when the transport failed (counted on ``sent``)."""
-        # Queue here rather than in httpx' pool: its pool scans every waiter on every change,
-        # which made a few thousand waiting hosts cost more CPU than building the reports.
-        async with lane.slots:
-            return await self._post(lane.client, sent, body)
-
-    async def _post(self, client: httpx.AsyncClient, sent: SentReport,
-                    body: bytes) -> httpx.Response | None:
-        self.in_flight[sent.report_id] = time.monotonic()
-        try:
-            response = await client.post(REPORTS_PATH, content=body, headers=self._headers)
-        except httpx.RequestError as exc:
-            sent.transport_errors += 1
-            if not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-                sent.mid_request_errors += 1
-            sent.status = 0
-            return None
-        finally:
-            self.in_flight.pop(sent.report_id, None)
+        async with self._slots:
+            self.in_flight[sent.report_id] = time.monotonic()
+            try:
+                response = await self._http.post(REPORTS_PATH, body)
+            except TransportError as exc:
+                sent.transport_errors += 1
+                if exc.sent:  # not a failed connect: the gateway may have the report
+                    sent.mid_request_errors += 1
+                sent.status = 0
+                return None
+            finally:
+                self.in_flight.pop(sent.report_id, None)
         sent.status = response.status_code
         return response
+
+
+def _wake(sleeper: asyncio.Future) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)
 
 
 def expected_rows(reports: Iterable[SentReport]) -> dict[str, dict[tuple[str, int], int]]:
