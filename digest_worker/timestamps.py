@@ -30,6 +30,8 @@ _INFINITY_US = 2**63 - 1
 
 _int64 = struct.Struct("!q")
 _memo: dict[float | str, bytes] = {}
+_memo_get = _memo.get
+_MEMOISED_TYPES = (float, int, str)
 
 
 def to_pg_microseconds(value: float | int | str | datetime | date) -> int:
@@ -65,15 +67,15 @@ def to_pg_microseconds(value: float | int | str | datetime | date) -> int:
 
 def encode_timestamptz(value: float | int | str | datetime | date) -> bytes:
     """The binary wire form of ``value``, memoised for epoch seconds and text."""
-    try:
-        return _memo[value]
-    except KeyError:
-        pass
-    encoded = _int64.pack(to_pg_microseconds(value))
-    if type(value) is float or type(value) is int or type(value) is str:
-        if len(_memo) >= MEMO_MAX_ENTRIES:
-            _memo.clear()
-        _memo[value] = encoded
+    # .get, not try/except KeyError: a fleet has more start times than the memo holds, so
+    # misses are common, and a raised KeyError cost more than the conversion itself.
+    encoded = _memo_get(value)
+    if encoded is None:
+        encoded = _int64.pack(to_pg_microseconds(value))
+        if type(value) in _MEMOISED_TYPES:
+            if len(_memo) >= MEMO_MAX_ENTRIES:
+                _memo.clear()
+            _memo[value] = encoded
     return encoded
 
 
