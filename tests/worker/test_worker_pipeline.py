@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from datetime import UTC, datetime
 
 import asyncpg
 import orjson
 import pytest
 
+from digest_worker import worker as worker_module
 from digest_worker.redis_client import connect
 from digest_worker.streams import GroupConsumer
 from ingest_gateway import stream
@@ -202,3 +205,35 @@ async def test_summary_line_reports_rate_lag_backlog_and_pending(redis, settings
     assert line.kv["backlog"] == 7 and line.kv["pending"] == 0 and line.kv["batches"] == 1
     assert 0 <= line.kv["lag_s"] < 60
     assert sum(s["backlog"] for s in stats.values()) == 7
+
+
+async def test_a_worker_without_automatic_collections_collects_on_its_timer(
+        redis, settings, monkeypatch):
+    collections = []
+
+    async def counted() -> None:
+        collections.append(time.monotonic())
+
+    monkeypatch.setattr(worker_module, "GC_INTERVAL_S", 0.01)
+    monkeypatch.setattr(worker_module, "collect_garbage", counted)
+    await produce(redis, report_messages("gc-host", NOW - 60))
+    gc.disable()  # what tune_gc() does in a worker process
+    try:
+        worker = await run_burst(settings)
+    finally:
+        gc.enable()
+    assert worker.summary.rows > 0 and collections
+
+
+async def test_a_worker_with_automatic_collections_adds_no_timer(redis, settings, monkeypatch):
+    collections = []
+
+    async def counted() -> None:
+        collections.append(time.monotonic())
+
+    monkeypatch.setattr(worker_module, "GC_INTERVAL_S", 0.01)
+    monkeypatch.setattr(worker_module, "collect_garbage", counted)
+    await produce(redis, report_messages("gc-host", NOW - 60))
+    assert gc.isenabled()
+    await run_burst(settings)
+    assert collections == []
