@@ -44,7 +44,13 @@ import orjson  # noqa: E402
 from redis.asyncio import Redis  # noqa: E402
 
 from bench.fleet_load import expected_rows, read_reports  # noqa: E402
-from bench.fleet_measure import CpuProbe, backlog, bytes_per_row, landed  # noqa: E402
+from bench.fleet_measure import (  # noqa: E402
+    CpuProbe,
+    backlog,
+    bytes_per_row,
+    landed,
+    reference_loop_ms,
+)
 from bench.fleet_report import Run, print_results  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from ingest_gateway import stream  # noqa: E402
@@ -270,6 +276,8 @@ async def main(args: argparse.Namespace, scratch: Path) -> None:
             runs.append(await run_pipeline("naive", args, redis_url, admin_url, token_file,
                                            scratch))
         print_results(runs, args)
+        print(f"box speed: the reference loop (bench/fleet_measure.py) took "
+              f"{reference_loop_ms():.0f} ms of one core after the run")
     finally:
         for server in servers:
             server.stop()

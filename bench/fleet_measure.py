@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,3 +179,18 @@ async def bytes_per_row(database_url: str, rows: int) -> float:
     finally:
         await conn.close()
     return used / max(rows, 1)
+
+
+def reference_loop_ms(iterations: int = 2_000_000, repeat: int = 3) -> float:
+    """Milliseconds of one core for a fixed pure-Python loop (best of ``repeat``): the speed of
+    this box, printed with the figures so runs on different machines can be compared (every
+    stage of the pipeline is CPU-bound Python or C, so rows/s scale with it)."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.process_time()
+        total = 0
+        for i in range(iterations):
+            total += i
+        best = min(best, time.process_time() - started)
+    return best * 1000
+
