@@ -49,6 +49,7 @@ from ingest_gateway.app_state import STATE  # noqa: E402
 from ingest_gateway.auth import TokenStore  # noqa: E402
 from ingest_gateway.durability import AofBarrier  # noqa: E402
 from ingest_gateway.enqueue import Enqueuer  # noqa: E402
+from ingest_gateway.fast_contract import validate_report  # noqa: E402
 from ingest_gateway.messages import report_messages  # noqa: E402
 from ingest_gateway.resp import ConnectParams, RespPool  # noqa: E402
 from ingest_gateway.server import tune_gc  # noqa: E402
@@ -136,7 +137,7 @@ async def bench_fast(enqueuer: Enqueuer, reports: list[Report], concurrency: int
 async def bench_validate(enqueuer: Enqueuer, bodies: list[bytes], concurrency: int) -> float:
     """What the handler does per report, without HTTP: validate, encode, enqueue."""
     async def one(body: bytes) -> None:
-        report = Report.model_validate_json(body)
+        report = validate_report(body)  # as the route does
         messages = report_messages(report, shards=SHARDS,
                                    max_raw_output_bytes=MAX_RAW_OUTPUT_BYTES)
         assert not (await enqueuer.enqueue(messages)).duplicate
