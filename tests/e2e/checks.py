@@ -19,6 +19,9 @@ from tests.e2e.harness import SHARDS, Program, Stack, wait_until
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ROW_TABLES = ("process_samples", "process_group_samples", "snapshots")
+# A spooled report's file name starts with its stamp: this leaves out the ".tmp-" file of a
+# report being written, which would count as spooled and sort first.
+SPOOLED_GLOB = "[0-9]*.json.gz"
 
 
 async def landed_rows(database_url: str, server_ids: Iterable[str] | None = None,
@@ -130,7 +133,7 @@ class SpooledReport:
 def read_spool(spool_dir: Path) -> list[SpooledReport]:
     """The agent's spooled reports, oldest first (file names sort by their ns stamp)."""
     out = []
-    for path in sorted(spool_dir.glob("*.json.gz")):
+    for path in sorted(spool_dir.glob(SPOOLED_GLOB)):
         try:
             body = gzip.decompress(path.read_bytes())
         except FileNotFoundError:  # replayed meanwhile
