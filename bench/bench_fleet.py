@@ -213,7 +213,6 @@ async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admi
         child.stop()
     await redis.aclose()
     reports = [r for out in outs for r in read_reports(out)]
-    run.reports_sent, run.reports_acked = len(reports), sum(r.acked for r in reports)
     result = await landed(database_url)
     run.bytes_per_row = await bytes_per_row(database_url, sum(n for _, n in
                                                               result.reports.values()))

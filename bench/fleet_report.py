@@ -19,8 +19,6 @@ class Run:
     name: str
     offered_reports_s: float
     duration_s: float
-    reports_sent: int = 0
-    reports_acked: int = 0
     rows_in_window: int = 0
     rows_accepted_in_window: int = 0
     reports_in_window: int = 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,8 +51,6 @@ class BacklogMonitor:
     retry_after_s: int
     on_refresh: Callable[[int, int], None] | None = None  # e.g. the metrics gauge
     backlog: dict[int, int] = field(default_factory=dict)
-    last_ok_s: float = float("-inf")
-    groups_recreated: int = 0
 
     def check(self, shard: int) -> None:
         backlog = self.backlog.get(shard, 0)
@@ -82,7 +79,6 @@ class BacklogMonitor:
             backlog = None if isinstance(groups, Exception) else _backlog_of(groups, xlen)
             if backlog is None:  # no such key, or no group on it
                 if await ensure_group(self.redis, shard):
-                    self.groups_recreated += 1
                     log.warning("consumer group recreated", extra={"kv": {
                         "stream": stream.sample_stream(shard), "group": stream.GROUP}})
                     # Redis lost its data: the shard count key went with it.
@@ -91,7 +87,6 @@ class BacklogMonitor:
             self.backlog[shard] = backlog
             if self.on_refresh is not None:
                 self.on_refresh(shard, backlog)
-        self.last_ok_s = time.monotonic()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Refresh until ``stopping`` is set (the app's background task); Redis errors are

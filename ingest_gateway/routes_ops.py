@@ -12,8 +12,6 @@ from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE
 from ingest_gateway.errors import json_response
 from ingest_gateway.topology import digest_group
 
-READY_TIMEOUT_S = 2.0
-
 
 async def healthz(request: web.Request) -> web.Response:
     """The process answers: nothing else is checked (a liveness probe must not flap with Redis)."""
