@@ -5,8 +5,9 @@
 Every entry of the product's path is written once (``XADD``), delivered once to the consumer
 group (``XREADGROUP … >``, which with AOF on also writes an ``XCLAIM`` per entry to the AOF)
 and acknowledged once (``XACK``). This bench does exactly that, with pre-framed pipelines of
-1,000 commands so that the client is never the limit, and reads Valkey's own CPU time from
-/proc around each step. Side by side in one run, each case on a fresh embedded Valkey:
+1,000 commands so that the client is never the limit, and reads Valkey's own CPU time (its AOF
+rewrites included) from /proc around each step. Side by side in one run, each case on a fresh
+embedded Valkey:
 
 - schema 1: two fields per entry, ``v 1 d <payload>``;
 - schema 2: one field, ``m <payload>`` (what the gateway writes, ``ingest_gateway/stream.py``);
@@ -19,7 +20,6 @@ step (best of the rounds) and each case's total against schema 1's.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import tempfile
@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hiredis  # noqa: E402
 
+from bench.fleet_measure import tree_cpu_s  # noqa: E402
 from ingest_gateway import stream  # noqa: E402
 from procfleet.embedded import EmbeddedValkey  # noqa: E402
 
 PIPELINE = 1000
 READ_COUNT = 5000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ROW = ("srv-0001", 1_795_000_000.25, 4242, "2026-10-02T08:10:27.287000+00:00", 1, "www-data",
        "python3", "/usr/bin/python3 -m app.worker --queue q7 --concurrency 4", "S", 1234.0,
        0.5, 0.8, 123_456_789, 987_654_321, None, None, None)
@@ -45,11 +45,6 @@ CASES = {
     "schema 2 (m <payload>), AOF": ((stream.FIELD_MESSAGE, PAYLOAD), True),
     "schema 2, no AOF": ((stream.FIELD_MESSAGE, PAYLOAD), False),
 }
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 class Client:
@@ -82,21 +77,21 @@ def measure(fields: tuple[bytes, ...], aof: bool, entries: int) -> dict[str, flo
             client.run([pack(("XGROUP", "CREATE", key, stream.GROUP, "0", "MKSTREAM"))])
             xadd = pack(("XADD", key, "*", *fields))
             steps: dict[str, float] = {}
-            before = cpu_s(server.pid)
+            before = tree_cpu_s(server.pid)
             for _ in range(entries // PIPELINE):
                 client.run([xadd] * PIPELINE)
-            after = cpu_s(server.pid)
+            after = tree_cpu_s(server.pid)
             steps["XADD"], before = (after - before) / entries * 1e6, after
             read = pack(("XREADGROUP", "GROUP", stream.GROUP, "bench", "COUNT", READ_COUNT,
                          "STREAMS", key, ">"))
             id_batches = []
             while reply := client.run([read])[0]:
                 id_batches.append([entry[0] for entry in reply[0][1]])
-            after = cpu_s(server.pid)
+            after = tree_cpu_s(server.pid)
             steps["XREADGROUP"], before = (after - before) / entries * 1e6, after
             for ids in id_batches:
                 client.run([pack(("XACK", key, stream.GROUP, *ids))])
-            steps["XACK"] = (cpu_s(server.pid) - before) / entries * 1e6
+            steps["XACK"] = (tree_cpu_s(server.pid) - before) / entries * 1e6
             client.sock.close()
         finally:
             server.stop()

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
+from bench.fleet_measure import tree_cpu_s as process_tree_cpu_s  # noqa: E402
 from digest_worker import partitions, redis_client  # noqa: E402
 from digest_worker.rows import TABLE_COLUMNS, TABLE_OF_KIND, build_rows  # noqa: E402
 from digest_worker.settings import WorkerSettings  # noqa: E402
@@ -57,28 +58,12 @@ from migrations.runner import migrate  # noqa: E402
 
 SHARDS = 4
 BATCH = 5000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_s(pid: int | None) -> float:
-    """CPU seconds of process ``pid``, its live children and its reaped ones (PostgreSQL
-    backends), from /proc; 0 when unknown (servers given by URL)."""
-    if pid is None:
-        return 0.0
-
-    def stat(p: int | str) -> list[str]:
-        return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-
-    total = sum(int(x) for x in stat(pid)[11:15])
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = stat(entry.name)
-            except OSError:
-                continue
-            if fields[1] == str(pid):
-                total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+    """CPU seconds of process ``pid`` and its children (PostgreSQL's backends, reaped ones
+    included); 0 when unknown (servers given by URL)."""
+    return 0.0 if pid is None else process_tree_cpu_s(pid)
 
 
 def rfc3339(seconds: float) -> str:
