@@ -42,6 +42,13 @@ SPOOL_REPORTS = Gauge("procfleet_agent_spool_reports", "Reports waiting in the s
 SPOOL_BYTES = Gauge("procfleet_agent_spool_bytes", "Bytes of reports waiting in the spool")
 
 
+def spooled_files(directory: str | Path) -> list[Path]:
+    """The files of the reports spooled in ``directory``, oldest first: what the agent will
+    replay. A report still being written (its temp file) is not one yet. Reads only."""
+    return sorted(path for path in Path(directory).iterdir()
+                  if _NAME_RE.match(path.name) and path.is_file())
+
+
 class SpoolError(ProcfleetError):
     """The spool directory cannot be used (not writable, not a directory)."""
 

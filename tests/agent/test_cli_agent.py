@@ -17,6 +17,7 @@ import pytest
 import respx
 
 from agent.contract import Report
+from agent.spool import spooled_files
 from procfleet.cli import build_parser
 from procfleet.commands import agent as agent_command
 
@@ -210,4 +211,4 @@ def test_sigterm_stops_the_real_agent_cleanly_with_a_summary_line(tmp_path):
     summary = [line for line in err.splitlines() if 'msg="agent stopped"' in line]
     assert len(summary) == 1 and "spooled=" in summary[0]
     assert TOKEN not in err
-    assert len(list((tmp_path / "spool").glob("*.json.gz"))) >= 1
+    assert len(spooled_files(tmp_path / "spool")) >= 1

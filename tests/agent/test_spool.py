@@ -9,7 +9,7 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from agent.spool import Spool, SpoolError, check_writable
+from agent.spool import Spool, SpoolError, check_writable, spooled_files
 
 
 def body(n: int, size: int = 0) -> bytes:
@@ -42,6 +42,16 @@ def test_put_writes_sortable_names_and_iterates_oldest_first(tmp_path):
     for name, entry in zip(names, spool, strict=True):
         assert name.endswith(f"-{entry.report_id}.json.gz")
     assert spool.read(spool.oldest()) == body(3)
+
+
+def test_spooled_files_lists_the_replay_order_without_reports_being_written(tmp_path):
+    spool = Spool(tmp_path, 10_000, clock_ns=ticking_clock())
+    for n in (3, 1):
+        spool.put(rid(n), body(n))
+    (tmp_path / ".tmp-09999999999999999999-report0002.json.gz").write_bytes(body(2))
+    (tmp_path / "notes.txt").write_text("not ours")
+    assert [p.name for p in spooled_files(tmp_path)] == [e.name for e in spool]
+    assert (tmp_path / ".tmp-09999999999999999999-report0002.json.gz").exists()  # reads only
 
 
 def test_order_holds_when_the_clock_stalls_or_steps_back(tmp_path):

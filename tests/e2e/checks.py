@@ -14,14 +14,12 @@ import asyncpg
 from redis.asyncio import Redis
 
 from agent.contract import Report
+from agent.spool import spooled_files
 from ingest_gateway import stream
 from tests.e2e.harness import SHARDS, Program, Stack, wait_until
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ROW_TABLES = ("process_samples", "process_group_samples", "snapshots")
-# A spooled report's file name starts with its stamp: this leaves out the ".tmp-" file of a
-# report being written, which would count as spooled and sort first.
-SPOOLED_GLOB = "[0-9]*.json.gz"
 
 
 async def landed_rows(database_url: str, server_ids: Iterable[str] | None = None,
@@ -131,9 +129,9 @@ class SpooledReport:
 
 
 def read_spool(spool_dir: Path) -> list[SpooledReport]:
-    """The agent's spooled reports, oldest first (file names sort by their ns stamp)."""
+    """The agent's spooled reports, oldest first."""
     out = []
-    for path in sorted(spool_dir.glob(SPOOLED_GLOB)):
+    for path in spooled_files(spool_dir):
         try:
             body = gzip.decompress(path.read_bytes())
         except FileNotFoundError:  # replayed meanwhile

@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
+from agent.spool import spooled_files
 from bench.fleet_load import Fleet, FleetOptions, FleetStats, expected_rows
 from tests.e2e.checks import (
-    SPOOLED_GLOB,
     accepted_report_ids,
     compare_rows,
     landed_rows,
@@ -204,7 +204,7 @@ async def test_gateway_down_real_agent_spools_then_replays_oldest_first(pipeline
         await wait_until(agent_landed, "the agent's first report landed", 30)
         assert gateway.stop() == 0  # SIGTERM: requests in flight finish first
         async def spool_holds(reports: int) -> bool:
-            return len(list(spool_dir.glob(SPOOLED_GLOB))) >= reports
+            return len(spooled_files(spool_dir)) >= reports
 
         async def spool_empty() -> bool:
             return not await spool_holds(1)
