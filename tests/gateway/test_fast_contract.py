@@ -158,6 +158,20 @@ def test_fractions_beyond_microseconds_go_to_pydantic_which_truncates():
         2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("escaped", [
+    '"2026-01-01T00:00:00.123456\\u0037Z"',  # the 7th digit escaped
+    '"2026-01-01T00:00:00.1234567\\u005a"',  # the Z escaped
+    '"2026-01-01T00:00:00\\u002e1234567Z"',  # the dot escaped
+])
+def test_escapes_cannot_hide_a_long_fraction_from_the_fast_path(escaped):
+    body = body_of(mutated(("processes", 0, "start_time"), "PLACEHOLDER")).replace(
+        b'"PLACEHOLDER"', escaped.encode())
+    with pytest.raises(FastPathRefused):
+        decode_report(body)
+    assert Report.model_validate_json(body).processes[0].start_time == datetime(
+        2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+
+
 def test_forms_only_pydantic_reads_are_left_to_it():
     body = body_of(mutated(("processes", 0, "start_time"), "2026-01-01T00:00Z"))
     with pytest.raises(FastPathRefused):
