@@ -2,7 +2,8 @@
 
 This module is the only place that knows how samples travel from the gateway to the digest
 workers. The gateway encodes with it, the workers decode with it (it is the one module of
-``ingest_gateway`` that ``digest_worker`` may import), so it depends on nothing but orjson.
+``ingest_gateway`` that ``digest_worker`` may import), so it depends on nothing but orjson and
+the error root.
 
 A message is one stream entry with one field, ``m``: an orjson array
 ``[SCHEMA_VERSION, kind, *columns]`` whose columns follow ``COLUMNS[kind]``. Kinds: ``p`` one
@@ -35,6 +36,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
+
+from agent.errors import ProcfleetError
 
 SCHEMA_VERSION: Final = 2
 
@@ -79,7 +82,7 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
-class StreamDecodeError(ValueError):
+class StreamDecodeError(ProcfleetError):
     """An entry that is not a message of this schema (it goes to the dead-letter stream)."""
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+from agent.errors import ProcfleetError
+
 if TYPE_CHECKING:  # imported where used: `procfleet --help` stays light
     import httpx
 
@@ -27,7 +29,7 @@ COLUMNS = (("#", ">"), ("NAME", "<"), ("AVG CPU", ">"), ("PEAK CPU", ">"), ("AVG
 MAX_NAME_CHARS = 40
 
 
-class TopError(Exception):
+class TopError(ProcfleetError):
     """A refusal or transport error, with the message to print."""
 
 
