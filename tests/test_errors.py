@@ -40,7 +40,8 @@ def _public_exceptions():
 
 def test_the_walk_finds_the_errors_it_is_meant_to_check():
     found = _public_exceptions()
-    for name in ("ingest_gateway.stream.StreamDecodeError", "ingest_gateway.resp.RespConnectionError",
+    for name in ("ingest_gateway.stream.StreamDecodeError",
+                 "ingest_gateway.resp.RespConnectionError",
                  "procfleet.commands.top.TopError", "agent.errors.ConfigError"):
         assert name in found
 

@@ -97,21 +97,14 @@ def test_decode_takes_the_flat_field_list_or_a_mapping():
     assert stream.decode([b"trace", b"x", stream.FIELD_MESSAGE, payload]) == ("p", list(row))
 
 
-def test_decode_still_reads_schema_1_entries():
-    row = ["srv", 1.5, 7, 1_700_000_000.5, *([None] * 13)]
-    legacy = [b"v", b"1", b"d", orjson.dumps(["p", *row])]
-    assert stream.decode(legacy) == ("p", row)
-
-
 @pytest.mark.parametrize(("fields", "reason"), [
     ([b"m", b"{nope"], "unreadable payload"),
     ([b"m", b'["p","srv"]'], "not a schema 2 message"),
     ([b"m", b'[2,"zz",1]'], "unknown message kind 'zz'"),
     ([b"m", b'[2,"h","srv",1.5]'], "kind 'h' has 2 columns, expected 8"),
-    ([b"v", b"99", b"d", b"[]"], "unsupported schema version b'99'"),
-    ([b"v", b"1", b"d", b"{nope"], "unreadable payload"),
-    ([b"v", b"1", b"d", b'["p",1]'], "kind 'p' has 1 columns, expected 17"),
-    ([b"other", b"x"], "unsupported schema version None"),
+    ([b"m", b'[1,"p","srv"]'], "not a schema 2 message"),
+    ([b"v", b"1", b"d", b'["p",1]'], "no field b'm': not a procfleet message"),
+    ([b"other", b"x"], "no field b'm': not a procfleet message"),
 ])
 def test_decode_names_what_is_wrong(fields, reason):
     with pytest.raises(stream.StreamDecodeError, match=reason.replace("(", r"\(")):

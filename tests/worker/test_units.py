@@ -147,8 +147,8 @@ def test_timestamp_codec_rejects_text_that_is_not_an_instant(text, reason):
                                   "2026-03-01T10:30:15.123456+00:00",
                                   "2026-03-01T10:30:15.123456Z"])
 def test_rfc3339_text_and_epoch_seconds_of_one_instant_give_one_key(text):
-    # Schema 1 carried epoch seconds, schema 2 carries text: a report retried across an
-    # upgrade must land on the same primary key.
+    # ``ts`` travels as epoch seconds and start times as text: one instant must give one key
+    # whichever form reached the codec.
     seconds = datetime(2026, 3, 1, 10, 30, 15, 123456, tzinfo=UTC).timestamp()
     assert encode_timestamptz(text) == encode_timestamptz(seconds)
 
