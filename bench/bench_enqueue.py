@@ -147,7 +147,7 @@ async def bench_validate(enqueuer: Enqueuer, bodies: list[bytes], concurrency: i
 
 async def bench_http(url: str, redis: Redis, bodies: list[bytes], concurrency: int) -> float:
     settings = GatewaySettings(redis_url=url, shards=SHARDS, rate_limit_per_s=0)
-    app = create_app(settings, extra_routes=[])
+    app = create_app(settings)
     server = TestServer(app, port=0)
     await server.start_server()
     try:

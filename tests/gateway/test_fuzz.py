@@ -64,8 +64,7 @@ def threaded_gateway(redis_url) -> Iterator[ThreadedGateway]:
         _, holder["token"] = await TokenStore(redis_async).create("ingest", "fuzz")
         await redis_async.aclose()
         app = create_app(GatewaySettings(redis_url=redis_url, shards=SHARDS,
-                                         rate_limit_per_s=0, max_body_bytes=256_000),
-                         extra_routes=[])
+                                         rate_limit_per_s=0, max_body_bytes=256_000))
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

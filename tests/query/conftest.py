@@ -15,7 +15,6 @@ import asyncpg
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from ingest_gateway import routes_query
 from ingest_gateway.app import create_app
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
@@ -69,7 +68,7 @@ async def make_query_gateway(redis_url, redis):
         store = TokenStore(redis)
         _, read_token = await store.create("read", "query-tests")
         _, ingest_token = await store.create("ingest", "query-tests")
-        app = create_app(settings, extra_routes=[routes_query.setup])
+        app = create_app(settings)
         client = TestClient(TestServer(app))
         await client.start_server()
         started.append(client)
