@@ -1,8 +1,8 @@
 """The gateway's aiohttp application: ``create_app`` builds it (``server.serve`` runs it).
 
 Route families register themselves with a ``setup(app)`` function, each listed once in
-``ROUTE_FAMILIES``: ingest (``routes_ingest``), the query API and the dashboard
-(``routes_query``), operations (``routes_ops``) and the OpenAPI document (``openapi``). A new
+``ROUTE_FAMILIES``: ingest (``ingest/routes.py``), the query API and the dashboard
+(``query/routes.py``), operations (``routes_ops``) and the OpenAPI document (``openapi``). A new
 family is added to that tuple (tests may pass more with ``extra_routes``). A ``setup`` may add
 its own ``cleanup_ctx`` (e.g. a PostgreSQL pool), guard its routes with
 ``guards.require_scope(request, "read")`` and document them in ``app[OPENAPI_PATHS]``.
@@ -19,18 +19,20 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent.errors import ProcfleetError
-from ingest_gateway import openapi, routes_ingest, routes_ops, routes_query
+from ingest_gateway import openapi, routes_ops
 from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE, GatewayState
 from ingest_gateway.auth import TokenCache, TokenStore
-from ingest_gateway.backpressure import BacklogMonitor, sleep_unless_stopping
-from ingest_gateway.durability import AofBarrier
-from ingest_gateway.enqueue import Enqueuer
+from ingest_gateway.ingest import routes as ingest_routes
+from ingest_gateway.ingest.backpressure import BacklogMonitor, sleep_unless_stopping
+from ingest_gateway.ingest.durability import AofBarrier
+from ingest_gateway.ingest.enqueue import Enqueuer
+from ingest_gateway.ingest.resp import ConnectParams, RespPool
+from ingest_gateway.ingest.topology import ensure_group, probe_wait_aof, register_shards
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.middleware import AccessLogger, access_log, observe
+from ingest_gateway.query import routes as query_routes
 from ingest_gateway.ratelimit import RateLimiter
-from ingest_gateway.resp import ConnectParams, RespPool
 from ingest_gateway.settings import GatewaySettings, mask_url
-from ingest_gateway.topology import ensure_group, probe_wait_aof, register_shards
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ RouteSetup = Callable[[web.Application], None]
 # Every route family of the gateway, registered in this order. Listed, not discovered: a
 # renamed module fails at import instead of silently dropping its routes.
 ROUTE_FAMILIES: tuple[RouteSetup, ...] = (
-    routes_ingest.setup, routes_query.setup, routes_ops.setup, openapi.setup)
+    ingest_routes.setup, query_routes.setup, routes_ops.setup, openapi.setup)
 
 
 async def _wait_for_redis(redis: Redis, settings: GatewaySettings) -> None:

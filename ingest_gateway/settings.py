@@ -42,7 +42,7 @@ class GatewaySettings:
     redis_startup_wait_s: float = 10.0  # how long to wait for Redis when starting
     token_refresh_s: float = 5.0
     shutdown_timeout_s: float = 30.0
-    # Query API only (routes_query): the pool is created lazily, so ingest runs without it.
+    # Query API only (query/routes.py): the pool is created lazily, so ingest runs without it.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
 
     def __post_init__(self) -> None:

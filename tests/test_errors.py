@@ -15,7 +15,7 @@ PACKAGES = ("agent", "ingest_gateway", "digest_worker", "migrations", "procfleet
 # Signals caught inside the module that raises them; they never reach a caller of ours.
 INTERNAL_SIGNALS = {
     "agent.parsers.tasklist_fields.RowError": "one bad line, counted by the tasklist parser",
-    "ingest_gateway.fast_contract.FastPathRefused": "the gateway then asks pydantic",
+    "ingest_gateway.ingest.fast_contract.FastPathRefused": "the gateway then asks pydantic",
 }
 
 
@@ -41,7 +41,7 @@ def _public_exceptions():
 def test_the_walk_finds_the_errors_it_is_meant_to_check():
     found = _public_exceptions()
     for name in ("ingest_gateway.stream.StreamDecodeError",
-                 "ingest_gateway.resp.RespConnectionError",
+                 "ingest_gateway.ingest.resp.RespConnectionError",
                  "procfleet.commands.top.TopError", "agent.errors.ConfigError"):
         assert name in found
 

@@ -13,8 +13,8 @@ from gateway_helpers import iso, report_doc, total_messages
 
 from ingest_gateway import stream
 from ingest_gateway.auth import TokenCache, TokenStore
-from ingest_gateway.body import _BoundedInflater
 from ingest_gateway.errors import PayloadTooLarge, Unauthorized
+from ingest_gateway.ingest.body import _BoundedInflater
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from agent.contract import Host, ProcessGroup, ProcessSample, Report, Snapshot
 from ingest_gateway import stream
-from ingest_gateway.fast_contract import STRUCT_OF, FastPathRefused, decode_report
-from ingest_gateway.messages import report_messages
+from ingest_gateway.ingest.fast_contract import STRUCT_OF, FastPathRefused, decode_report
+from ingest_gateway.ingest.messages import report_messages
 
 
 def plain(value: Any) -> Any:

@@ -10,9 +10,9 @@ from gateway_helpers import report_doc
 
 from agent.contract import ProcessGroup, ProcessSample, Report
 from ingest_gateway import stream
-from ingest_gateway.enqueue import frame_xadds, xadd_prefix
-from ingest_gateway.messages import cap_utf8, report_messages
-from ingest_gateway.resp import pack_command
+from ingest_gateway.ingest.enqueue import frame_xadds, xadd_prefix
+from ingest_gateway.ingest.messages import cap_utf8, report_messages
+from ingest_gateway.ingest.resp import pack_command
 
 
 def test_every_stream_column_is_a_model_field_kept_in_its_dict():

@@ -64,7 +64,7 @@ async def test_out_of_memory_mid_report_is_503_and_not_remembered_as_seen(
     doc = report_doc(server_id="big", processes=5_000)
     key = stream.sample_stream(stream.shard_for("big", 4))
 
-    with caplog.at_level(logging.WARNING, logger="ingest_gateway.enqueue"):
+    with caplog.at_level(logging.WARNING, logger="ingest_gateway.ingest.enqueue"):
         refused = await gateway.post_report(doc)
 
     partial = await client.xlen(key)

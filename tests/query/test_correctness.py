@@ -17,8 +17,8 @@ from query_seed import (
 )
 
 from digest_worker.rollup import refresh_rollups
-from ingest_gateway.queries.params import TimeRange, TopParams
-from ingest_gateway.queries.top import top_processes
+from ingest_gateway.query.params import TimeRange, TopParams
+from ingest_gateway.query.top import top_processes
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from query_reference import top as reference_top
 from query_seed import base_time, insert_groups, insert_processes, steady_group, steady_process
 
 from digest_worker.rollup import LOCK_KEY, ROLLUP_TABLES, RollupJob, refresh_rollups
-from ingest_gateway.queries.params import TimeRange, TopParams
-from ingest_gateway.queries.top import top_processes
+from ingest_gateway.query.params import TimeRange, TopParams
+from ingest_gateway.query.top import top_processes
 
 pytestmark = pytest.mark.integration
 

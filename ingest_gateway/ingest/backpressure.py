@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ingest_gateway import stream
 from ingest_gateway.errors import Unavailable
-from ingest_gateway.topology import digest_group, ensure_group
+from ingest_gateway.ingest.topology import digest_group, ensure_group
 
 log = logging.getLogger(__name__)
 
