@@ -97,6 +97,21 @@ async def stream_state(client: aioredis.Redis) -> dict[str, int]:
     return {"length": length, "pending": pending}
 
 
+async def age_pending(client, idle_ms: int, shards: int = SHARDS) -> int:
+    """Make every pending entry look idle for ``idle_ms`` (``XCLAIM … IDLE``, to the consumer
+    that holds it, ``JUSTID`` so its delivery count stays): instead of sleeping until entries
+    are old enough to be claimed. Returns how many entries it aged."""
+    aged = 0
+    for shard in range(shards):
+        key = stream.sample_stream(shard)
+        with contextlib.suppress(aioredis.ResponseError):  # no group on this shard
+            for entry in await client.xpending_range(key, stream.GROUP, "-", "+", 100_000):
+                await client.xclaim(key, stream.GROUP, entry["consumer"], 0,
+                                    [entry["message_id"]], idle=idle_ms, justid=True)
+                aged += 1
+    return aged
+
+
 async def run_burst(settings: WorkerSettings, **changes: Any) -> Worker:
     """Run a burst worker to the end; return it (summary, metrics)."""
     worker = Worker(settings.with_overrides(**changes) if changes else settings)

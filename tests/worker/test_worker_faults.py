@@ -19,6 +19,7 @@ import pytest
 from digest_worker.worker import Worker
 from migrations.runner import migrate
 from tests.worker.conftest import (
+    age_pending,
     expected_counts,
     produce,
     report_messages,
@@ -101,10 +102,10 @@ async def test_kill_9_mid_batch_then_restart_lands_every_row_exactly_once(redis,
     total = expected_counts(messages)["process_samples"]
     assert landed_before < total, "the worker finished before it was killed"
     assert (await stream_state(redis))["pending"] > 0  # the dead consumer's batch
-    await asyncio.sleep(1.2)  # its entries become claimable (claim idle 1 s)
+    assert await age_pending(redis, idle_ms=120_000) > 0  # the dead consumer's entries
 
     restarted = start_worker(settings, log_path, "--burst", PROCFLEET_WORKER_BATCH_SIZE="400",
-                             PROCFLEET_WORKER_CLAIM_IDLE_MS="1000")
+                             PROCFLEET_WORKER_CLAIM_IDLE_MS="60000")
     try:
         code = await asyncio.to_thread(restarted.wait, 120)
     finally:
