@@ -121,7 +121,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             asyncio.create_task(_refresh_tokens(state.tokens, settings.token_refresh_s, stopping),
                                 name="token-refresh"),
         ]
-        log.info("gateway started", extra={"kv": {**settings.masked(),
+        log.info("gateway started", extra={"kv": {**settings.describe(),
                                                   "wait_aof_active": state.wait_aof}})
         yield
     finally:

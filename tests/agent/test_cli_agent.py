@@ -101,7 +101,7 @@ def test_check_fails_when_the_spool_dir_is_not_writable(tmp_path, capsys):
 def test_environment_overrides_reach_check(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PROCFLEET_INTERVAL_S", "nope")
     assert run_cli("--config", write_config(tmp_path), "--check") == 1
-    assert "interval_s='nope'" in capsys.readouterr().err
+    assert "PROCFLEET_INTERVAL_S='nope'" in capsys.readouterr().err
 
 
 def test_dry_run_prints_a_valid_report_and_sends_nothing(tmp_path):

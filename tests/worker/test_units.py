@@ -42,12 +42,15 @@ def test_settings_come_from_the_environment_then_the_command_line():
 
 @pytest.mark.parametrize(("env", "key", "bad"), [
     ({"PROCFLEET_WORKER_BATCH_SIZE": "lots"}, "PROCFLEET_WORKER_BATCH_SIZE", "lots"),
-    ({"PROCFLEET_WORKER_BATCH_SIZE": "0"}, "batch_size", 0),
-    ({"PROCFLEET_WORKER_INSERT_METHOD": "magic"}, "insert_method", "magic"),
-    ({"PROCFLEET_WORKER_BLOCK_MS": "9000"}, "block_ms", 9000),
-    ({"DATABASE_URL": "mysql://x"}, "database_url", "mysql://x"),
+    ({"PROCFLEET_WORKER_BATCH_SIZE": "0"}, "PROCFLEET_WORKER_BATCH_SIZE", "0"),
+    ({"PROCFLEET_WORKER_INSERT_METHOD": "magic"}, "PROCFLEET_WORKER_INSERT_METHOD", "magic"),
+    ({"PROCFLEET_WORKER_BLOCK_MS": "9000"}, "PROCFLEET_WORKER_BLOCK_MS", 9000),
+    ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL", "mysql://x"),
+    ({"PROCFLEET_WORKER_SOCKET_TIMEOUT_S": "nan"}, "PROCFLEET_WORKER_SOCKET_TIMEOUT_S", "nan"),
+    ({"PROCFLEET_WORKER_RETRY_MAX_DELAY_S": "inf"}, "PROCFLEET_WORKER_RETRY_MAX_DELAY_S",
+     "inf"),
 ])
-def test_invalid_settings_name_the_key_and_the_value(env, key, bad):
+def test_invalid_settings_name_the_variable_and_the_value(env, key, bad):
     with pytest.raises(ConfigError) as caught:
         WorkerSettings.from_env(env)
     assert caught.value.key == key and caught.value.value == bad
