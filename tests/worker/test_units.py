@@ -253,3 +253,20 @@ def test_a_worker_process_collects_on_a_timer_and_never_walks_its_start_up_objec
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "True"]
+
+
+# -- run totals --------------------------------------------------------------------------
+
+
+def test_run_totals_add_batches_and_the_summary_rate_covers_one_window():
+    from digest_worker.monitor import WorkerSummary
+
+    totals = WorkerSummary(window_started_s=100.0)
+    totals.add_batch(rows=300, inserted=290, duplicates=10, dead_lettered=0, done_s=101.0)
+    totals.add_batch(rows=100, inserted=99, duplicates=0, dead_lettered=1, done_s=102.0)
+
+    assert (totals.batches, totals.rows, totals.inserted, totals.duplicates,
+            totals.dead_lettered) == (2, 400, 389, 10, 1)
+    assert totals.take_window_rate(now_s=104.0) == 100.0  # 400 rows in 4 s
+    assert totals.take_window_rate(now_s=106.0) == 0.0  # a new window, nothing since
+    assert totals.rows == 400  # the run's totals stay
