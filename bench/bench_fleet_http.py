@@ -28,6 +28,7 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
 from bench.fleet_http import HttpPool  # noqa: E402
+from procfleet.embedded import free_port  # noqa: E402
 
 PATH = "/v1/reports"
 HEADERS = {"Authorization": "Bearer pf_bench", "Content-Type": "application/json",
@@ -45,12 +46,6 @@ def serve(port: int) -> None:
     app = web.Application()
     app.router.add_post(PATH, reports)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def report_body() -> bytes:

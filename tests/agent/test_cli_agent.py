@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from agent.contract import Report
 from agent.spool import spooled_files
 from procfleet.cli import build_parser
 from procfleet.commands import agent as agent_command
+from procfleet.embedded import free_port
 
 TOKEN = "pf_ingest_CliSecretToken123"
 GATEWAY = "http://gw.test"
@@ -165,12 +165,6 @@ def test_once_exits_1_when_the_report_is_rejected(tmp_path):
         assert run_cli("--config", write_config(tmp_path, process_exporter_url=""),
                        "--once") == 1
     assert list((tmp_path / "spool").iterdir()) == []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def spooled_count(port: int) -> float:

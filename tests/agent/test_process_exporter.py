@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -31,6 +30,7 @@ from agent.collectors.process_exporter import (
 )
 from agent.contract import ProcessGroup
 from agent.errors import CollectError
+from procfleet.embedded import free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "process_exporter"
 URL = "http://exporter.test:9256/metrics"
@@ -324,12 +324,6 @@ EXPORTER_CONFIG = """process_names:
     - '.+'
 """
 READY_WAIT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def proc_start_time(pid: int) -> datetime:

@@ -19,7 +19,6 @@ import httpx
 import pytest
 import redis as redis_sync
 from aiohttp import web
-from gateway_helpers import report_doc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from ingest_gateway import stream
 from ingest_gateway.app import create_app
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
+from tests.support.reports import report_doc
 
 pytestmark = pytest.mark.integration
 

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
-from gateway_helpers import report_doc
 
 from agent.contract import ProcessGroup, ProcessSample, Report
 from ingest_gateway import stream
 from ingest_gateway.ingest.enqueue import frame_xadds, xadd_prefix
 from ingest_gateway.ingest.messages import cap_utf8, report_messages
 from ingest_gateway.ingest.resp import pack_command
+from tests.support.reports import report_doc
 
 
 def test_every_stream_column_is_a_model_field_kept_in_its_dict():

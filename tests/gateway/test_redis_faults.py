@@ -10,11 +10,11 @@ import asyncio
 import logging
 
 import pytest
-from gateway_helpers import report_doc
 from redis.asyncio import Redis
 
 from ingest_gateway import stream
 from ingest_gateway.app_state import STATE
+from tests.support.reports import report_doc
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

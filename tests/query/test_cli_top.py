@@ -11,10 +11,10 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from query_seed import base_time, insert_groups, steady_group
 
 from procfleet.cli import build_parser
 from procfleet.commands.top import main
+from tests.query.query_seed import base_time, insert_groups, steady_group
 
 ENV = {"PROCFLEET_GATEWAY_URL": "http://gateway.test:8080/", "PROCFLEET_TOKEN": "pf_a_b"}
 ANSWER = {

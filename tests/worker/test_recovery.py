@@ -13,7 +13,8 @@ from digest_worker.redis_client import connect
 from digest_worker.streams import GroupConsumer
 from digest_worker.worker import Worker
 from ingest_gateway import stream
-from tests.worker.conftest import (
+from tests.support.polling import wait_until
+from tests.support.worker import (
     SHARDS,
     age_pending,
     expected_counts,
@@ -22,7 +23,6 @@ from tests.worker.conftest import (
     run_burst,
     stream_state,
     table_counts,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -113,12 +113,12 @@ async def test_group_that_disappears_is_recreated_with_an_error_line(redis, sett
     worker = Worker(settings.with_overrides(burst=False, block_ms=100))
     with caplog.at_level(logging.INFO, logger="digest_worker"):
         task = asyncio.create_task(worker.run())
-        await wait_for(lambda: _rows(worker, len(first)))
+        await wait_until(lambda: _rows(worker, len(first)))
         for key in KEYS:  # what a Redis restart without its data looks like to a worker
             await redis.delete(key)
         await asyncio.sleep(0.3)
         await produce(redis, later)
-        await wait_for(lambda: _rows(worker, len(first) + len(later)))
+        await wait_until(lambda: _rows(worker, len(first) + len(later)))
         worker.stop("test")
         await asyncio.wait_for(task, 30)
 

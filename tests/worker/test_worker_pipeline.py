@@ -14,7 +14,7 @@ from digest_worker import worker as worker_module
 from digest_worker.redis_client import connect
 from digest_worker.streams import GroupConsumer
 from ingest_gateway import stream
-from tests.worker.conftest import (
+from tests.support.worker import (
     SHARDS,
     expected_counts,
     produce,
