@@ -2,10 +2,11 @@
 
 Route families register themselves with a ``setup(app)`` function, each listed once in
 ``ROUTE_FAMILIES``: ingest (``ingest/routes.py``), the query API and the dashboard
-(``query/routes.py``), operations (``routes_ops``) and the OpenAPI document (``openapi``). A new
-family is added to that tuple (tests may pass more with ``extra_routes``). A ``setup`` may add
-its own ``cleanup_ctx`` (e.g. a PostgreSQL pool), guard its routes with
-``guards.require_scope(request, "read")`` and document them in ``app[OPENAPI_PATHS]``.
+(``query/routes.py``), the MCP tools (``query/mcp/route.py``), operations (``routes_ops``)
+and the OpenAPI document (``openapi``). A new family is added to that tuple (tests may pass
+more with ``extra_routes``). A ``setup`` may add its own ``cleanup_ctx`` (e.g. a PostgreSQL
+pool), guard its routes with ``guards.require_scope(request, "read")`` and document them in
+``app[OPENAPI_PATHS]``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ingest_gateway.ingest.topology import ensure_group, probe_wait_aof, registe
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.middleware import AccessLogger, access_log, observe
 from ingest_gateway.query import routes as query_routes
+from ingest_gateway.query.mcp import route as query_mcp
 from ingest_gateway.ratelimit import RateLimiter
 from ingest_gateway.settings import GatewaySettings, mask_url
 
@@ -40,7 +42,7 @@ RouteSetup = Callable[[web.Application], None]
 # Every route family of the gateway, registered in this order. Listed, not discovered: a
 # renamed module fails at import instead of silently dropping its routes.
 ROUTE_FAMILIES: tuple[RouteSetup, ...] = (
-    ingest_routes.setup, query_routes.setup, routes_ops.setup, openapi.setup)
+    ingest_routes.setup, query_routes.setup, query_mcp.setup, routes_ops.setup, openapi.setup)
 
 
 async def _wait_for_redis(redis: Redis, settings: GatewaySettings) -> None:

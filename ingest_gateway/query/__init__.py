@@ -10,6 +10,7 @@
     database.py       the lazily created PostgreSQL pool (ingest runs without it)
     openapi_paths.py  the OpenAPI path items of these routes
     static/           the dashboard (plain HTML, CSS and JS)
+    mcp/              ``POST /mcp``: these routes as MCP tools for LLM clients (its own map)
 
 Imports of our code: the gateway's shared plumbing (``app_state``, ``errors``, ``guards``);
 nothing of ``ingest/`` (``.importlinter`` checks it).
