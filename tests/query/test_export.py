@@ -13,13 +13,20 @@ from datetime import datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-from query_seed import MIB, base_time, insert_groups, insert_processes, steady_group, steady_process
 
 from procfleet.cli import build_parser
 from procfleet.commands.export import main
 from procfleet.export.files import arrow_schema
 from procfleet.export.run import Progress
 from procfleet.export.sources import GROUP_COLUMNS, PROCESS_COLUMNS, ROLLUP_COLUMNS
+from tests.query.query_seed import (
+    MIB,
+    base_time,
+    insert_groups,
+    insert_processes,
+    steady_group,
+    steady_process,
+)
 
 pytestmark = pytest.mark.integration
 

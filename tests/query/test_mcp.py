@@ -14,11 +14,17 @@ import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from query_seed import base_time, insert_groups, insert_processes, steady_group, steady_process
 
 from ingest_gateway.query.mcp.api import ApiError
 from ingest_gateway.query.mcp.tools import UNITS_HOST, UNITS_SERIES, UNITS_SERVERS, UNITS_TOP
 from procfleet.commands.mcp import HttpApi, http_client
+from tests.query.query_seed import (
+    base_time,
+    insert_groups,
+    insert_processes,
+    steady_group,
+    steady_process,
+)
 
 pytestmark = pytest.mark.integration
 
