@@ -36,7 +36,7 @@ def iso(moment) -> str:
 
 
 @pytest.fixture
-async def gateway(make_query_gateway, database_url, db):
+async def gateway(make_gateway, database_url, db):
     """A gateway with /mcp and a window of seeded groups and processes on two servers."""
     base = base_time()
     await insert_groups(db, steady_group("web-01", "nginx", base, 30, cores=0.5)
@@ -44,7 +44,7 @@ async def gateway(make_query_gateway, database_url, db):
                         + steady_group("db-01", "postgres", base, 30, cores=1.5,
                                        memory_mb=2048))
     await insert_processes(db, steady_process("web-01", "python3", 4242, base, 30, cores=0.2))
-    gw = await make_query_gateway(database_url)
+    gw = await make_gateway(database_url=database_url)
     gw.base = base
     return gw
 
@@ -143,10 +143,10 @@ async def test_bad_arguments_are_tool_errors_naming_the_argument_or_api_reason(g
         assert not (await client.call_tool("list_servers", {})).is_error
 
 
-async def test_database_down_is_a_tool_error_with_the_apis_503_reason(make_query_gateway):
+async def test_database_down_is_a_tool_error_with_the_apis_503_reason(make_gateway):
     """The in-process path (/mcp) answers an outage as the API does: 503, field database."""
     down = "postgresql://procfleet@127.0.0.1:1/procfleet"  # nothing listens on port 1
-    gw = await make_query_gateway(down)
+    gw = await make_gateway(database_url=down)
     api = await gw.get("/api/servers")
     assert api.status == 503
     async with http_mcp(gw, gw.read_token) as client:
@@ -156,9 +156,9 @@ async def test_database_down_is_a_tool_error_with_the_apis_503_reason(make_query
     assert (await api.json())["error"]["reason"] in result.content[0].text
 
 
-async def test_mcp_requests_count_against_the_tokens_rate_limit(make_query_gateway,
+async def test_mcp_requests_count_against_the_tokens_rate_limit(make_gateway,
                                                                database_url):
-    gw = await make_query_gateway(database_url, rate_limit_per_s=0.01, rate_limit_burst=3)
+    gw = await make_gateway(database_url=database_url, rate_limit_per_s=0.01, rate_limit_burst=3)
     body = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {}}
     headers = {**gw.auth(), "Accept": "application/json, text/event-stream"}
     statuses = [(await gw.client.post("/mcp", json=body, headers=headers)).status
