@@ -13,10 +13,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.errors import ProcfleetError
+from agent.errors import ConfigError, ProcfleetError
+from agent.settings_loader import SECRET, Secret, Settings, setting, url
 
 if TYPE_CHECKING:  # imported where used: `procfleet --help` stays light
     import httpx
@@ -79,18 +81,30 @@ def error_reason(response: httpx.Response) -> str:
         return response.text[:200]
 
 
+@dataclass(frozen=True)
+class ApiClientSettings(Settings):
+    """What a client of the query API needs (``procfleet top``, ``procfleet mcp``)."""
+
+    gateway_url: str | None = setting(
+        None, "PROCFLEET_GATEWAY_URL", url("http", "https", strip_slash=True))
+    token: Secret | None = setting(None, "PROCFLEET_TOKEN", SECRET)
+
+
 def gateway_settings(env: Mapping[str, str]) -> tuple[str, str, list[str]]:
     """``PROCFLEET_GATEWAY_URL`` (without a trailing /), ``PROCFLEET_TOKEN``, and what is wrong
     with them (empty when both are usable). Shared by every client of the query API."""
-    url = env.get("PROCFLEET_GATEWAY_URL", "").strip()
-    token = env.get("PROCFLEET_TOKEN", "").strip()
+    try:
+        settings = ApiClientSettings.load(env)
+    except ConfigError as exc:
+        return "", "", [str(exc)]
     problems = []
-    if not url.startswith(("http://", "https://")):
+    if settings.gateway_url is None:
         problems.append("PROCFLEET_GATEWAY_URL must be the gateway's http(s):// URL")
-    if not token:
+    if settings.token is None:
         problems.append("PROCFLEET_TOKEN must be a token with the read scope "
                         "(procfleet token create --scope read)")
-    return url.rstrip("/"), token, problems
+    token = settings.token.get_secret_value() if settings.token else ""
+    return settings.gateway_url or "", token, problems
 
 
 def _cpu(value: float) -> str:

@@ -96,6 +96,13 @@ def test_missing_settings_exit_2_naming_them():
     assert "PROCFLEET_GATEWAY_URL" in err and "PROCFLEET_TOKEN" in err and "--hours" in err
 
 
+def test_a_bad_gateway_url_names_the_variable_and_the_value():
+    env = {"PROCFLEET_GATEWAY_URL": "ftp://gateway.test", "PROCFLEET_TOKEN": "pf_a_b"}
+    code, _, err = run((), lambda r: httpx.Response(200, json=ANSWER), env=env)
+    assert code == 2
+    assert "PROCFLEET_GATEWAY_URL='ftp://gateway.test'" in err and "scheme" in err
+
+
 def test_watch_redraws_every_n_seconds_and_survives_errors():
     answers = iter([httpx.Response(200, json=ANSWER), httpx.Response(503, json={
         "error": {"status": 503, "field": "database", "reason": "PostgreSQL unreachable"}}),
