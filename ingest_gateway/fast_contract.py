@@ -18,6 +18,14 @@ Where the two libraries differ, this module sides with pydantic:
   before a final newline, so a closing ``$`` becomes ``\\Z``;
 - datetimes with more than six fractional digits: msgspec rounds to the microsecond where
   pydantic truncates (a start time is part of a row's key), so such bodies take pydantic's path.
+
+Two contract rules have no msgspec constraint and are carried another way:
+
+- no NUL in a string (``agent.contract.NUL_FREE``): JSON can carry a NUL only as an escape
+  (``\\u0000``; a raw control character is malformed JSON for both libraries), and every body
+  with an escaped ASCII character already takes pydantic's path (see ``_ESCAPED_ASCII``);
+- timestamp bounds (``ge``/``le`` on a datetime): checked by the Struct's ``__post_init__``,
+  comparing instants as pydantic does.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 from pydantic.types import StringConstraints
 
-from agent.contract import Report
+from agent.contract import NUL_FREE, Report
 
 # A fraction of a second longer than microseconds, inside a JSON string (a float's digits are
 # followed by , ] } or e, never by one of these). An escaped ASCII character (\u0000-\u007f)
@@ -73,6 +81,8 @@ def _constraints(metadata: list[Any]) -> dict[str, Any]:
     carry over raises ``TypeError`` (at import: a contract change then fails loudly)."""
     out: dict[str, Any] = {}
     for item in metadata:
+        if item is NUL_FREE:
+            continue  # no escaped control character reaches msgspec (module docstring)
         if isinstance(item, FieldInfo):
             out.update(_constraints(item.metadata))
         elif isinstance(item, StringConstraints):
@@ -99,6 +109,8 @@ class _Compiler:
 
     def __init__(self) -> None:
         self.structs: dict[type[BaseModel], type[msgspec.Struct]] = {}
+        # (ge, le) of the datetime field being compiled (a nested model's are taken by then)
+        self._datetime_bounds: list[tuple[Any, Any]] = []
 
     def struct(self, model: type[BaseModel]) -> type[msgspec.Struct]:
         if model in self.structs:
@@ -110,6 +122,7 @@ class _Compiler:
                             f"strict=True, allow_inf_nan=False")
         str_max = config.get("str_max_length")
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        bounds: list[tuple[str, Any, Any]] = []
         for name, info in model.model_fields.items():
             if info.alias not in (None, name):
                 raise TypeError(f"{model.__name__}.{name}: aliases are not carried over")
@@ -118,8 +131,12 @@ class _Compiler:
                 fields.append((name, field_type))
             else:
                 fields.append((name, field_type, info.get_default(call_default_factory=True)))
+            bounds += [(name, low, high) for low, high in self._datetime_bounds]
+            self._datetime_bounds.clear()
+        namespace = {"__post_init__": _bounds_check(tuple(bounds))} if bounds else None
         self.structs[model] = msgspec.defstruct(
-            model.__name__, fields, kw_only=True, forbid_unknown_fields=True)
+            model.__name__, fields, kw_only=True, forbid_unknown_fields=True,
+            namespace=namespace)
         return self.structs[model]
 
     def type_of(self, tp: Any, metadata: list[Any], str_max: int | None) -> Any:
@@ -138,7 +155,13 @@ class _Compiler:
         if origin is Literal:
             return tp
         if tp is AwareDatetime:
-            return _annotated(datetime, {**_constraints(metadata), "tz": True})
+            constraints = _constraints(metadata)
+            low, high = constraints.pop("ge", None), constraints.pop("le", None)
+            if {"gt", "lt"} & set(constraints) or (low is None) != (high is None):
+                raise TypeError("a datetime needs both ge and le, or neither")
+            if low is not None:
+                self._datetime_bounds.append((low, high))
+            return _annotated(datetime, {**constraints, "tz": True})
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             return self.struct(tp)
         constraints = _constraints(metadata)
@@ -152,6 +175,18 @@ class _Compiler:
         if tp in (int, float):
             return _annotated(tp, constraints)
         raise TypeError(f"no msgspec form for {tp!r}")
+
+
+def _bounds_check(bounds: tuple[tuple[str, Any, Any], ...]) -> Any:
+    """A Struct ``__post_init__`` refusing a datetime outside its ``(field, ge, le)`` bounds
+    (msgspec turns the ``ValueError`` into a ``ValidationError``)."""
+    def __post_init__(self: Any) -> None:
+        for name, low, high in bounds:
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name} must be between {low.isoformat()} and "
+                                 f"{high.isoformat()}")
+    return __post_init__
 
 
 def _annotated(tp: Any, constraints: dict[str, Any]) -> Any:

@@ -99,6 +99,10 @@ async def test_unknown_server_ids_give_an_empty_result(query_gateway, seeded):
     ({"from": "2026-01-01T01:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to"),
     ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-09T00:00:00Z"}, "from"),
     ({"hours": "2", "from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z"}, "hours"),
+    # Instants Python or PostgreSQL cannot hold (year 10000 / 1 BC in UTC): 400, never 500.
+    ({"from": "9999-12-31T00:00:00-23:59", "to": "9999-12-31T23:59:59-23:59"}, "from"),
+    ({"from": "0001-01-01T00:00:00+23:59", "to": "0001-01-01T01:00:00+23:59"}, "from"),
+    ({"from": "2199-12-31T23:00:00Z", "to": "2200-01-01T00:00:01Z"}, "to"),
     ({"server_ids[]": "x" * 129}, "server_ids[]"),
     ([("metric", "cpu"), ("metric", "memory")], "metric"),
 ])
