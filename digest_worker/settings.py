@@ -20,6 +20,8 @@ then passed in as one object. Nothing else in ``digest_worker`` reads ``os.envir
 | insert_method        | PROCFLEET_WORKER_INSERT_METHOD       | copy                       |
 | retry_max_delay_s    | PROCFLEET_WORKER_RETRY_MAX_DELAY_S   | 30                         |
 | dead_letter_maxlen   | PROCFLEET_DEAD_LETTER_MAXLEN         | 100000                     |
+| batch_timeout_s      | PROCFLEET_WORKER_BATCH_TIMEOUT_S     | 60                         |
+| shutdown_timeout_s   | PROCFLEET_WORKER_SHUTDOWN_TIMEOUT_S  | 10                         |
 | consumer_name        | PROCFLEET_WORKER_CONSUMER            | <hostname>-<pid>-<random>  |
 """
 
@@ -77,6 +79,13 @@ class WorkerSettings:
     insert_method: str = "copy"
     retry_max_delay_s: float = 30.0
     dead_letter_maxlen: int = 100_000
+    # How long isolating the poison of one batch may go on before the unresolved rest is
+    # handed back (unacknowledged, delivered again later): one host's poison cannot hold the
+    # worker, and every other host's backlog, for longer.
+    batch_timeout_s: float = 60.0
+    # After SIGTERM: how long a batch being written may still take before it is abandoned
+    # (rolled back, unacknowledged, delivered again later).
+    shutdown_timeout_s: float = 10.0
     consumer_name: str = field(default_factory=default_consumer_name)
     metrics_port: int | None = None
     burst: bool = False
@@ -91,10 +100,14 @@ class WorkerSettings:
             "summary_interval_s": self.summary_interval_s,
             "retry_max_delay_s": self.retry_max_delay_s,
             "dead_letter_maxlen": self.dead_letter_maxlen,
+            "batch_timeout_s": self.batch_timeout_s,
+            "shutdown_timeout_s": self.shutdown_timeout_s,
         }
         for key, value in _positive.items():
             if value <= 0:
                 raise ConfigError(key, value, "must be > 0")
+            if not value < float("inf"):  # infinity or NaN: every bound must be finite
+                raise ConfigError(key, value, "must be a finite number")
         if self.batch_max_wait_ms < 0 or self.partitions_ahead_days < 0:
             bad = "batch_max_wait_ms" if self.batch_max_wait_ms < 0 else "partitions_ahead_days"
             raise ConfigError(bad, getattr(self, bad), "must be >= 0")
@@ -161,6 +174,8 @@ _ENV = {
     "insert_method": "PROCFLEET_WORKER_INSERT_METHOD",
     "retry_max_delay_s": "PROCFLEET_WORKER_RETRY_MAX_DELAY_S",
     "dead_letter_maxlen": "PROCFLEET_DEAD_LETTER_MAXLEN",
+    "batch_timeout_s": "PROCFLEET_WORKER_BATCH_TIMEOUT_S",
+    "shutdown_timeout_s": "PROCFLEET_WORKER_SHUTDOWN_TIMEOUT_S",
     "consumer_name": "PROCFLEET_WORKER_CONSUMER",
 }
 
