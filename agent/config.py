@@ -8,6 +8,7 @@ in a repr, a log line or ``describe()``.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -48,6 +49,18 @@ class AgentSettings:
     timeout_s: float = 10.0
     metrics_port: int | None = None  # None: no /metrics listener
     metrics_addr: str = "127.0.0.1"
+    # The bearer token in clear text over http:// to another machine: refused unless this is
+    # set (a lab, or TLS terminated by something on the way that the agent cannot see).
+    allow_insecure_http: bool = False
+
+    @property
+    def insecure_http(self) -> bool:
+        """True when reports (and the token) would go over plain http:// to a gateway that is
+        not on this machine."""
+        if not self.gateway_url:
+            return False
+        parts = urlsplit(self.gateway_url)
+        return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
     @property
     def effective_splay_s(self) -> float:
@@ -65,6 +78,12 @@ class AgentSettings:
             raise ConfigError("token", "<unset>", "required to send reports")
         if self.spool_dir is None:
             raise ConfigError("spool_dir", None, "required to send reports")
+        if self.insecure_http and not self.allow_insecure_http:
+            raise ConfigError(
+                "gateway_url", self.gateway_url,
+                "http:// to another machine would send the token in clear text: use https:// "
+                "(ca_file for a private CA), or set allow_insecure_http = true "
+                "(PROCFLEET_ALLOW_INSECURE_HTTP=true) to accept that")
 
     def describe(self) -> dict[str, object]:
         """The effective settings for the start log line, token masked."""
@@ -82,6 +101,18 @@ class AgentSettings:
             out[f.name] = value if isinstance(value, int | float | bool | str) else str(value)
         out["splay_s"] = self.effective_splay_s
         return out
+
+
+def is_loopback(hostname: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic that never leaves the
+    machine."""
+    name = hostname.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def default_spool_dir(environ: Mapping[str, str]) -> Path:
@@ -216,6 +247,7 @@ _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "timeout_s": _float(0.1, 600.0),
     "metrics_port": _optional_port,
     "metrics_addr": _text,
+    "allow_insecure_http": _bool,
 }
 KEYS = tuple(_CONVERTERS)
 

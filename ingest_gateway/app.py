@@ -109,6 +109,8 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         state.tokens = TokenCache(TokenStore(redis))
         await state.tokens.refresh()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        state.auth_failures = RateLimiter(settings.auth_failures_per_s,
+                                          settings.auth_failures_burst)
         state.monitor = BacklogMonitor(
             redis, settings.shards, settings.backlog_high_water, settings.backlog_refresh_s,
             settings.retry_after_s, on_refresh=metrics.set_backlog,

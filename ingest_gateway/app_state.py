@@ -35,6 +35,7 @@ class GatewayState:
     tokens: TokenCache | None = None
     monitor: BacklogMonitor | None = None
     limiter: RateLimiter | None = None
+    auth_failures: RateLimiter | None = None  # failed token attempts per source address
     wait_aof: bool = False  # True once WAITAOF is known to work on this server
     in_flight: int = 0  # requests whose handler has started and not answered yet
     totals: dict[str, int] = field(default_factory=lambda: {

@@ -11,7 +11,8 @@ person can act on and a short ``kind`` used as the ``reason`` label of the rejec
         ├── PayloadTooLarge     413  body (or inflated body) over the limit
         ├── UnsupportedMedia    415  content type or encoding we do not read
         ├── Unprocessable       422  valid JSON that breaks the contract
-        ├── RateLimited         429  token over its rate (Retry-After)
+        ├── RateLimited         429  token over its rate, or a source over its failed
+        │                            token attempts (Retry-After)
         └── Unavailable         503  backlog over the high-water mark, Redis down (Retry-After)
 """
 
@@ -91,8 +92,8 @@ class Unprocessable(GatewayError):
 class RateLimited(GatewayError):
     status = 429
 
-    def __init__(self, reason: str, *, retry_after_s: int) -> None:
-        super().__init__("Authorization", reason, kind="rate_limit",
+    def __init__(self, reason: str, *, retry_after_s: int, kind: str = "rate_limit") -> None:
+        super().__init__("Authorization", reason, kind=kind,
                          headers={"Retry-After": str(retry_after_s)})
 
 

@@ -33,6 +33,10 @@ class GatewaySettings:
     tls_key_file: str | None = None
     rate_limit_per_s: float = 500.0  # per token; 0 turns the limit off
     rate_limit_burst: int = 1_000
+    # Failed token attempts (401) per source address: a burst, then this rate; 0 = no limit.
+    # Behind a proxy the source is the proxy: raise these or turn them off there.
+    auth_failures_per_s: float = 1.0
+    auth_failures_burst: int = 30
     dedupe_ttl_s: int = 3_600
     retention_days: int = 7  # same variable and default as the digest workers
     max_future_s: float = 600.0
@@ -49,14 +53,16 @@ class GatewaySettings:
         _check(self.shards >= 1 and self.shards <= stream.MAX_SHARDS, "shards", self.shards,
                f"must be between 1 and {stream.MAX_SHARDS}")
         for name in ("max_body_bytes", "backlog_high_water", "retry_after_s",
-                     "wait_aof_timeout_ms", "rate_limit_burst", "dedupe_ttl_s",
+                     "wait_aof_timeout_ms", "rate_limit_burst", "auth_failures_burst",
+                     "dedupe_ttl_s",
                      "retention_days", "max_raw_output_bytes", "redis_pool_size"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("backlog_refresh_s", "redis_timeout_s", "token_refresh_s",
                      "shutdown_timeout_s", "max_future_s", "redis_startup_wait_s"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
-        _check(self.rate_limit_per_s >= 0, "rate_limit_per_s", self.rate_limit_per_s,
-               "must be >= 0 (0 turns the limit off)")
+        for name in ("rate_limit_per_s", "auth_failures_per_s"):
+            _check(getattr(self, name) >= 0, name, getattr(self, name),
+                   "must be >= 0 (0 turns the limit off)")
         _check((self.tls_cert_file is None) == (self.tls_key_file is None), "tls_cert_file",
                self.tls_cert_file, "TLS needs both a certificate and a key file")
         scheme = urlsplit(self.redis_url).scheme
@@ -93,6 +99,8 @@ ENV_NAMES: dict[str, str] = {
     "tls_key_file": "PROCFLEET_TLS_KEY",
     "rate_limit_per_s": "PROCFLEET_RATE_LIMIT_PER_S",
     "rate_limit_burst": "PROCFLEET_RATE_LIMIT_BURST",
+    "auth_failures_per_s": "PROCFLEET_AUTH_FAILURES_PER_S",
+    "auth_failures_burst": "PROCFLEET_AUTH_FAILURES_BURST",
     "dedupe_ttl_s": "PROCFLEET_DEDUPE_TTL_S",
     "retention_days": "PROCFLEET_RETENTION_DAYS",
     "max_future_s": "PROCFLEET_MAX_FUTURE_S",

@@ -246,3 +246,19 @@ async def test_integer_beyond_64_bits_is_a_422_echoing_it_as_text(gateway, redis
     assert error["field"] == "processes[0].pid"
     assert error["value"] == "1" + "0" * 30
     assert await total_messages(redis, 4) == 0
+
+
+async def test_failed_token_attempts_are_rate_limited_per_source(make_gateway, redis):
+    gateway = await make_gateway(auth_failures_per_s=0.01, auth_failures_burst=3)
+    forged = gateway.headers("pf_000000000000_not-a-real-secret")
+    statuses = [(await gateway.post_report(report_doc(), headers=forged)).status
+                for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    # Once over, the source is refused before its token is looked at, a valid one included.
+    refused = await gateway.post_report(report_doc())
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    error = (await refused.json())["error"]
+    assert error["field"] == "Authorization" and "failed token attempts" in error["reason"]
+    metrics = await (await gateway.client.get("/metrics")).text()
+    assert 'procfleet_gateway_rejected_total{reason="auth_failures"} 2.0' in metrics
+    assert await total_messages(redis, 4) == 0

@@ -258,6 +258,9 @@ async def test_dashboard_is_served_without_a_token(query_gateway):
     assert "text/html" in response.headers["Content-Type"]
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     html = await response.text()
+    # No other site may frame the dashboard (clickjacking).
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
     assert "/static/app.js" in html and "/static/app.css" in html
     for asset in ("/static/app.js", "/static/chart.js", "/static/app.css"):
         assert (await query_gateway.client.get(asset)).status == 200, asset
