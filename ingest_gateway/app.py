@@ -165,7 +165,8 @@ def create_app(
         # body.read_body is the one place bodies are inflated (with a bound); the access log
         # is ours (logfmt, no token).
         handler_args={"auto_decompress": False, "access_log_class": AccessLogger,
-                      "access_log": access_log},
+                      "access_log": access_log,
+                      "keepalive_timeout": settings.keepalive_timeout_s},
     )
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()

@@ -9,6 +9,7 @@ person can act on and a short ``kind`` used as the ``reason`` label of the rejec
         ├── Unauthorized        401  missing / unknown / revoked token
         ├── Forbidden           403  token without the scope of the route
         ├── PayloadTooLarge     413  body (or inflated body) over the limit
+        ├── RequestTimeout      408  body not received within body_timeout_s (connection closed)
         ├── UnsupportedMedia    415  content type or encoding we do not read
         ├── Unprocessable       422  valid JSON that breaks the contract
         ├── RateLimited         429  token over its rate, or a source over its failed
@@ -79,6 +80,13 @@ class Forbidden(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     status = 413
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+
+    def __init__(self, field: str, reason: str, *, kind: str) -> None:
+        super().__init__(field, reason, kind=kind, headers={"Connection": "close"})
 
 
 class UnsupportedMedia(GatewayError):

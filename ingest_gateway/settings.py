@@ -46,6 +46,13 @@ class GatewaySettings:
     redis_startup_wait_s: float = 10.0  # how long to wait for Redis when starting
     token_refresh_s: float = 5.0
     shutdown_timeout_s: float = 30.0
+    # Slow clients (ingest_gateway/slow_clients.py): a request's headers must be complete
+    # within header_timeout_s (from the connection, or from its first byte on a kept-alive
+    # one), its body within body_timeout_s of the headers; an idle kept-alive connection is
+    # closed after keepalive_timeout_s.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
     # Query API only (routes_query): the pool is created lazily, so ingest runs without it.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -58,8 +65,11 @@ class GatewaySettings:
                      "retention_days", "max_raw_output_bytes", "redis_pool_size"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("backlog_refresh_s", "redis_timeout_s", "token_refresh_s",
-                     "shutdown_timeout_s", "max_future_s", "redis_startup_wait_s"):
+                     "shutdown_timeout_s", "max_future_s", "redis_startup_wait_s",
+                     "header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+            _check(getattr(self, name) < float("inf"), name, getattr(self, name),
+                   "must be finite")
         for name in ("rate_limit_per_s", "auth_failures_per_s"):
             _check(getattr(self, name) >= 0, name, getattr(self, name),
                    "must be >= 0 (0 turns the limit off)")
@@ -110,6 +120,9 @@ ENV_NAMES: dict[str, str] = {
     "redis_startup_wait_s": "PROCFLEET_REDIS_STARTUP_WAIT_S",
     "token_refresh_s": "PROCFLEET_TOKEN_REFRESH_S",
     "shutdown_timeout_s": "PROCFLEET_SHUTDOWN_TIMEOUT_S",
+    "header_timeout_s": "PROCFLEET_HEADER_TIMEOUT_S",
+    "body_timeout_s": "PROCFLEET_BODY_TIMEOUT_S",
+    "keepalive_timeout_s": "PROCFLEET_KEEPALIVE_TIMEOUT_S",
     "database_url": "DATABASE_URL",
 }
 
