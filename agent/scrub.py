@@ -174,8 +174,8 @@ _TOKEN_SHAPES = re.compile(
     r"|npm_[A-Za-z0-9]{36}"
     r")(?![A-Za-z0-9_])"
 )
-_TOKEN_HINTS = ("eyj", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "akia", "asia", "k_live_", "k_test_", "xox", "aiza",
-                "npm_")
+_TOKEN_HINTS = ("eyj", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "akia",
+                "asia", "k_live_", "k_test_", "xox", "aiza", "npm_")
 # Webhook URLs whose path is the secret (Slack, Discord).
 _WEBHOOK_PATH = re.compile(
     r"(?P<head>hooks\.slack\.com/(?:services|workflows|triggers)/"

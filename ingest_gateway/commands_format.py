@@ -25,7 +25,6 @@ from agent.contract import (
     MAX_PROCESSES,
     MAX_RAW_OUTPUT_CHARS,
     NUL_FREE,
-    AwareDatetime,
     Host,
     Identifier,
     OsType,

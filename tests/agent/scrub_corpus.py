@@ -4,6 +4,9 @@ and bench/bench_scrub.py."""
 
 from __future__ import annotations
 
+GHP = "ghp_aB3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5"
+GITHUB_PAT = ("github_pat_11ABCDEFG0abcdefghijkl_mnopQRSTuvwxYZ0123456789abcdefghij"
+              "KLMNOPQRSTUVWX")
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
        ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
 
@@ -46,9 +49,8 @@ LEAKS: list[tuple[str, str]] = [
     # token shapes with no keyword
     (f"curl -H 'X-Session: {JWT}' https://api.example.com", JWT),
     (f"worker --session {JWT}", JWT),
-    ("git push https://github.com/o/r ghp_aB3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5", "ghp_aB3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5"),
-    ("gh-runner --pat github_pat_11ABCDEFG0abcdefghijkl_mnopQRSTuvwxYZ0123456789abcdefghijKLMNOPQRSTUVWX",
-     "github_pat_11ABCDEFG0abcdefghijkl_mnopQRSTuvwxYZ0123456789abcdefghijKLMNOPQRSTUVWX"),
+    (f"git push https://github.com/o/r {GHP}", GHP),
+    (f"gh-runner --pat {GITHUB_PAT}", GITHUB_PAT),
     ("backup.sh AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
     ("python charge.py sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
     ("python refund.py rk_live_51H8abcdefGHIJKLmnop", "rk_live_51H8abcdefGHIJKLmnop"),
