@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import asyncpg
 from redis.exceptions import RedisError
 
+from agent.errors import ProcfleetError
 from digest_worker import partitions, redis_client, rollup, streams
 from digest_worker.batch import INSERT_FAILED, Batch, decode_batch
 from digest_worker.metrics import WorkerMetrics
@@ -68,7 +69,7 @@ BURST_BLOCK_MS = 100
 POOL_CLOSE_TIMEOUT_S = 5.0
 
 
-class WriteAbandoned(Exception):
+class WriteAbandoned(ProcfleetError):
     """A batch's write outlived ``shutdown_timeout_s`` after ``stop()`` and was cancelled."""
 
 
