@@ -8,8 +8,8 @@ the gateway now refuses such reports, so this stands for any value the database 
 ``BatchWriter.commit`` on a fresh database per size; printed: wall time, the SQL statements
 sent (counted with asyncpg's query logger, COPY included), messages dead-lettered and rows
 landed. ``--baseline-writer`` loads another ``writer.py`` (e.g. the one of an older commit,
-``git show e8ce413:digest_worker/writer.py > /tmp/old_writer.py``) and runs it on the same
-batches in the same run, alternating, for a side-by-side figure.
+``git show e8ce413:digest_worker/writer.py > .procfleet/old_writer.py``, gitignored) and runs
+it on the same batches in the same run, alternating, for a side-by-side figure.
 
 Uses the PostgreSQL server of ``DATABASE_URL`` (default: the local one, user postgres); it
 creates and drops its own database.

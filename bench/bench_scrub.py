@@ -9,8 +9,8 @@ every line of the ps outputs under tests/fixtures/ps (what a real process table 
 the agent scrubs each line of the raw output too). Best of
 ``--repeat`` timeit runs of ``--number`` passes over each list, alternating the scrubbers;
 ``--baseline-scrub`` loads another scrub.py, e.g. the one of an older commit
-(``git show e8ce413:agent/scrub.py > /tmp/old_scrub.py``). Also prints how many leaking lines
-still show their secret and how many ordinary lines each scrubber changes.
+(``git show e8ce413:agent/scrub.py > .procfleet/old_scrub.py``, gitignored). Also prints how
+many leaking lines still show their secret and how many ordinary lines each scrubber changes.
 """
 
 from __future__ import annotations
