@@ -80,12 +80,6 @@ class AgentSettings(Settings):
     def check_together(self) -> None:
         if self.splay_s is not None and self.splay_s > self.interval_s:
             raise self.invalid("splay_s", "must not exceed interval_s")
-        if self.insecure_http and not self.allow_insecure_http:
-            raise self.invalid(
-                "gateway_url",
-                "http:// to another machine would send the token in clear text: use https:// "
-                "(ca_file for a private CA), or set allow_insecure_http = true "
-                "(PROCFLEET_ALLOW_INSECURE_HTTP=true) to accept that")
 
     @property
     def insecure_http(self) -> bool:
@@ -112,6 +106,12 @@ class AgentSettings(Settings):
             raise ConfigError("token", "<unset>", "required to send reports")
         if self.spool_dir is None:
             raise ConfigError("spool_dir", None, "required to send reports")
+        if self.insecure_http and not self.allow_insecure_http:
+            raise ConfigError(
+                "gateway_url", self.gateway_url,
+                "http:// to another machine would send the token in clear text: use https:// "
+                "(ca_file for a private CA), or set allow_insecure_http = true "
+                "(PROCFLEET_ALLOW_INSECURE_HTTP=true) to accept that")
 
     def describe(self) -> dict[str, object]:
         """The effective settings for the start log line, token masked."""
