@@ -26,6 +26,11 @@ ENV_PREFIX = "PROCFLEET_"
 DEFAULT_PROCESS_EXPORTER_URL = "http://127.0.0.1:9256/metrics"
 SERVER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")  # the contract's Identifier (fullmatch)
 _MAX_INTERVAL_S = 86_400.0
+# How an OS machine id becomes the server_id: hashed with procfleet's app key (the default, as
+# `man machine-id` asks), or the raw id (what agents sent before; keeps an existing fleet's ids).
+SERVER_ID_SOURCE_HASHED = "machine-id"
+SERVER_ID_SOURCE_RAW = "machine-id-raw"
+SERVER_ID_SOURCES = (SERVER_ID_SOURCE_HASHED, SERVER_ID_SOURCE_RAW)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class AgentSettings:
     gateway_url: str | None = None
     token: SecretStr | None = None
     server_id: str | None = None  # None: detected (machine-id / MachineGuid)
+    server_id_source: str = SERVER_ID_SOURCE_HASHED
     interval_s: float = 15.0
     splay_s: float | None = None  # None: up to one interval
     process_exporter_url: str | None = DEFAULT_PROCESS_EXPORTER_URL  # None/"": not scraped
@@ -172,6 +178,13 @@ def _server_id(key: str, value: Any) -> str | None:
     return text or None
 
 
+def _server_id_source(key: str, value: Any) -> str:
+    text = _text(key, value)
+    if text not in SERVER_ID_SOURCES:
+        raise ConfigError(key, value, f"expected one of {', '.join(SERVER_ID_SOURCES)}")
+    return text
+
+
 def _path(key: str, value: Any) -> Path | None:
     text = _text(key, value)
     return Path(text).expanduser() if text else None
@@ -203,6 +216,7 @@ _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "gateway_url": _http_url,
     "token": _token,
     "server_id": _server_id,
+    "server_id_source": _server_id_source,
     "interval_s": _float(1.0, _MAX_INTERVAL_S),
     "splay_s": _float(0.0, _MAX_INTERVAL_S),
     "process_exporter_url": _http_url,
