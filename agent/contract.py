@@ -32,7 +32,9 @@ MAX_COMMAND_CHARS = 4096
 MAX_NAME_CHARS = 256
 
 OsType = Literal["linux", "darwin", "windows", "freebsd", "openbsd", "netbsd", "other"]
-SnapshotSource = Literal["ps", "tasklist", "process_exporter"]
+# "proc_stat": the processes' CPU time came from /proc/<pid>/stat in clock ticks (Linux), not
+# from ps's whole seconds; that snapshot's process_count says for how many processes.
+SnapshotSource = Literal["ps", "tasklist", "process_exporter", "proc_stat"]
 
 
 # Reusable field types: the unit or meaning is in the name of the type. Timestamps use

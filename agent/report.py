@@ -110,7 +110,7 @@ async def _process_table(
             extra={"kv": {"os_type": os_type, "error": str(exc)}},
         )
         return [], []
-    return table.processes, [table.snapshot]
+    return table.processes, table.snapshots
 
 
 async def build_report(

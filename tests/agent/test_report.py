@@ -61,7 +61,10 @@ async def test_report_has_host_groups_processes_and_snapshots(tmp_path, http, ex
     (group,) = report.process_groups
     assert (group.name, group.num_procs, group.cpu_user_seconds_total) == ("postgres", 7, 1.234e6)
     assert len(report.processes) > 5  # this machine's real ps
-    assert {s.source for s in report.snapshots} == {"process_exporter", "ps"}
+    # this Linux machine's CPU times come from /proc in clock ticks, and the report says so
+    assert {s.source for s in report.snapshots} == {"process_exporter", "ps", "proc_stat"}
+    by_source = {s.source: s for s in report.snapshots}
+    assert 0 < by_source["proc_stat"].process_count <= by_source["ps"].process_count
     assert all(s.raw_output is None for s in report.snapshots)  # keep_raw_output off
     assert re.fullmatch(r"[0-9a-f]{32}", report.report_id)
     Report.model_validate_json(report.model_dump_json())  # round-trips through the contract
@@ -74,7 +77,7 @@ async def test_unreachable_exporter_is_one_warning_and_the_report_still_goes_out
     with caplog.at_level(logging.WARNING, logger="agent.report"):
         report = await build_report(settings(tmp_path), http=http)
     assert report.process_groups == [] and report.processes
-    assert [s.source for s in report.snapshots] == ["ps"]
+    assert [s.source for s in report.snapshots] == ["ps", "proc_stat"]
     warnings = [r for r in caplog.records if r.name == "agent.report"]
     assert len(warnings) == 1 and "process_exporter unreachable" in warnings[0].msg
 
