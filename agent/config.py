@@ -18,14 +18,37 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
-
 from agent.errors import ConfigError
 
 ENV_PREFIX = "PROCFLEET_"
 DEFAULT_PROCESS_EXPORTER_URL = "http://127.0.0.1:9256/metrics"
 SERVER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")  # the contract's Identifier (fullmatch)
 _MAX_INTERVAL_S = 86_400.0
+
+
+class SecretStr:
+    """A token that never shows in a repr, a log line or ``describe()`` (pydantic's SecretStr
+    interface; the agent does not import pydantic, docs/BENCHMARKS.md "Agent footprint")."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretStr) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
 # How an OS machine id becomes the server_id: hashed with procfleet's app key (the default, as
 # `man machine-id` asks), or the raw id (what agents sent before; keeps an existing fleet's ids).
 SERVER_ID_SOURCE_HASHED = "machine-id"

@@ -34,13 +34,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Protocol
 
 from agent.config import SERVER_ID_RE, SERVER_ID_SOURCE_RAW
-from agent.contract import Host, OsType
 from agent.errors import ConfigError
+from agent.rows import Host, RowInvalid
+
+if TYPE_CHECKING:
+    from agent.contract import OsType
+else:
+    OsType = str
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +161,8 @@ def collect_host(
             boot_id=boot_id,
             agent_version=agent_version,
         )
-    except ValidationError as exc:  # the cleaning above should make this unreachable
-        error = exc.errors()[0]
-        field_name = ".".join(str(p) for p in error["loc"])
-        raise ConfigError(field_name, error.get("input"), error["msg"]) from exc
+    except RowInvalid as exc:  # the cleaning above should make this unreachable
+        raise ConfigError(exc.field, exc.value, exc.reason) from exc
     logger.info(
         "host identity",
         extra={"kv": {"server_id": host.server_id, "source": id_source, "os_type": os_type}},

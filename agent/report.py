@@ -22,9 +22,9 @@ from agent import __version__
 from agent.collectors.process_exporter import scrape_groups
 from agent.collectors.process_table import collect_process_table
 from agent.config import AgentSettings
-from agent.contract import Host, ProcessGroup, ProcessSample, Report, Snapshot
 from agent.errors import CollectError
 from agent.hostinfo import collect_host
+from agent.rows import Host, ProcessGroup, ProcessSample, Report, Snapshot
 from agent.scrub import Scrubber
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from agent.contract import (
     Host,
     Identifier,
     OsType,
+    ProcessSample,
     Report,
     Snapshot,
 )
@@ -79,7 +80,8 @@ def to_report(body: CommandsBody) -> tuple[Report, int]:
             host=Host(server_id=body.machine_id, hostname=body.machine_name,
                       os_type=body.os_type, os_version=body.os_version),
             collected_at=body.timestamp,
-            processes=parsed.processes,
+            # the parsers build the agent's light rows; the contract checks them once more
+            processes=[ProcessSample.model_validate(p.model_dump()) for p in parsed.processes],
             snapshots=[Snapshot(source=body.command, sha256=output_sha256,
                                 process_count=len(parsed.processes),
                                 unparsed_lines=parsed.unparsed_lines, raw_output=body.output)],

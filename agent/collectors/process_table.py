@@ -34,11 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.collectors.proc_stat import ProcStat, TickCpu, tick_cpu
-from agent.contract import MAX_COMMAND_CHARS, MAX_RAW_OUTPUT_CHARS, ProcessSample, Snapshot
 from agent.errors import CollectError
 from agent.parsers import ps_columns as col
 from agent.parsers.ps import FORMAT_BSD, FORMAT_BUSYBOX, FORMAT_PROCPS, parse_table
 from agent.parsers.result import ParseResult
+from agent.rows import MAX_COMMAND_CHARS, MAX_RAW_OUTPUT_CHARS, ProcessSample, Snapshot
 
 log = logging.getLogger(__name__)
 

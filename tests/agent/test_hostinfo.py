@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_settings
-from agent.contract import Host
 from agent.errors import ConfigError
 from agent.hostinfo import PROCFLEET_APP_ID, HostSources, app_specific_id, collect_host, os_type_of
+from agent.rows import Host
 
 MACHINE_ID = "3d1219c7c4c5404aaa1f6d2a48adfda4"
 # `systemd-id128 machine-id --app-specific=d31ba582fdf34595bf026201677e4bef` on a host whose

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from agent import contract
 from agent.collectors.proc_stat import ProcStat, tick_cpu
 from agent.collectors.process_table import collect_process_table, run_command
-from agent.contract import Host, Report
+from agent.rows import Host, Report
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 PS_OUTPUT = (FIXTURES / "ps" / "collector_procps.txt").read_text()
@@ -94,7 +95,8 @@ async def test_the_proc_stat_snapshot_passes_the_contract_and_keeps_raw_on_reque
     report = Report(report_id="r" * 16, collected_at=datetime(2026, 3, 12, 19, 30, tzinfo=UTC),
                     host=Host(server_id="h", hostname="h", os_type="linux"),
                     snapshots=table.snapshots)
-    assert Report.model_validate_json(report.model_dump_json()) == report
+    checked = contract.Report.model_validate_json(report.model_dump_json())
+    assert checked.model_dump(mode="json") == report.model_dump(mode="json")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the real /proc")
