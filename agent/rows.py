@@ -146,15 +146,29 @@ def _check_of(spec: tuple) -> Check:
     return makers[kind](*args)
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, Row):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    if isinstance(value, datetime):  # pydantic's form: "Z" for UTC
-        text = value.isoformat()
-        return text[:-6] + "Z" if value.utcoffset() == timedelta(0) else text
-    return value
+def _json_datetime(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat()  # pydantic's form: "Z" for UTC
+    return text[:-6] + "Z" if value.utcoffset() == _ZERO else text
+
+
+def _json_of(spec: tuple) -> Callable[[Any], Any] | None:
+    """How a field's value becomes JSON: None when it already is (numbers, text, null)."""
+    kind = spec[0]
+    if kind == "optional":
+        return _json_of(spec[1])
+    if kind == "datetime":
+        return _json_datetime
+    if kind == "model":
+        return lambda row: None if row is None else row.model_dump(mode="json")
+    if kind == "list":
+        item = _json_of(spec[1])
+        return None if item is None else (lambda items: [item(v) for v in items])
+    return None
+
+
+_ZERO = timedelta(0)
 
 
 def _python_value(value: Any) -> Any:
@@ -171,6 +185,7 @@ class Row:
     __slots__ = ()
     _fields: tuple[tuple[str, Check, Any], ...] = ()
     _names: frozenset[str] = frozenset()
+    _json: tuple[tuple[str, Callable[[Any], Any] | None], ...] = ()
 
     def __init__(self, **values: Any) -> None:
         unknown = values.keys() - self._names
@@ -205,10 +220,24 @@ class Row:
         return f"{type(self).__name__}({body})"
 
     def model_copy(self, *, update: dict[str, Any] | None = None) -> Row:
-        """A copy with ``update`` applied (its values checked like the constructor's)."""
-        values = {n: getattr(self, n) for n, _, _ in self._fields}
-        values.update(update or {})
-        return type(self)(**values)
+        """A copy with ``update`` applied; only the updated values are checked (the others
+        were when this row was built)."""
+        update = update or {}
+        unknown = update.keys() - self._names
+        if unknown:
+            name = sorted(unknown)[0]
+            raise RowInvalid(name, update[name], "Extra inputs are not permitted")
+        copy = object.__new__(type(self))
+        for name, check, _default in self._fields:
+            value = getattr(self, name)
+            if name in update:
+                value = update[name]
+                try:
+                    value = check(value)
+                except _Bad as exc:
+                    raise RowInvalid(name, value, str(exc)) from None
+            object.__setattr__(copy, name, value)
+        return copy
 
     def model_dump(self, *, mode: str = "python", exclude_none: bool = False
                    ) -> dict[str, Any]:
@@ -216,9 +245,12 @@ class Row:
         the contract's pydantic models validate strictly) or JSON values (``"json"``)."""
         if mode not in ("python", "json"):
             raise ValueError(f"mode {mode!r}: expected python or json")
-        convert = _json_value if mode == "json" else _python_value
-        return {n: convert(getattr(self, n)) for n, _, _ in self._fields
-                if not (exclude_none and getattr(self, n) is None)}
+        if mode == "json":
+            out = {n: getattr(self, n) if to_json is None else to_json(getattr(self, n))
+                   for n, to_json in self._json}
+        else:
+            out = {n: _python_value(getattr(self, n)) for n, _, _ in self._fields}
+        return {n: v for n, v in out.items() if v is not None} if exclude_none else out
 
     def model_dump_json(self, *, indent: int | None = None) -> str:
         compact = (",", ":") if indent is None else None
@@ -234,6 +266,7 @@ for _name, _model_fields in SPEC.items():
         "__module__": __name__,
         "_fields": tuple((n, _check_of(spec), default) for n, spec, default in _model_fields),
         "_names": frozenset(_names),
+        "_json": tuple((n, _json_of(spec)) for n, spec, _default in _model_fields),
     })
 
 Host = ROWS["Host"]
