@@ -60,8 +60,12 @@ class ProcStat:
         """(start ticks since boot, utime + stime ticks, the raw line) of ``pid``; None when
         it is gone or unreadable."""
         try:
-            with open(self.root / str(pid) / "stat", "rb") as fh:
-                line = fh.read()
+            # os.open/os.read: a third of open()'s cost, read 300 times a tick
+            fd = os.open(f"{self.root}/{pid}/stat", os.O_RDONLY)
+            try:
+                line = os.read(fd, 4096)
+            finally:
+                os.close(fd)
             # comm may hold spaces and parentheses: the fields start after the last ")".
             fields = line[line.rindex(b")") + 2:].split()
             return int(fields[_STARTTIME]), int(fields[_UTIME]) + int(fields[_STIME]), line
