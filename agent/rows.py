@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -185,7 +186,9 @@ class Row:
     __slots__ = ()
     _fields: tuple[tuple[str, Check, Any], ...] = ()
     _names: frozenset[str] = frozenset()
-    _json: tuple[tuple[str, Callable[[Any], Any] | None], ...] = ()
+    _names_in_order: tuple[str, ...] = ()
+    _values: Callable[[Any], tuple] = tuple
+    _json: tuple[tuple[str, Callable[[Any], Any]], ...] = ()
 
     def __init__(self, **values: Any) -> None:
         unknown = values.keys() - self._names
@@ -246,8 +249,9 @@ class Row:
         if mode not in ("python", "json"):
             raise ValueError(f"mode {mode!r}: expected python or json")
         if mode == "json":
-            out = {n: getattr(self, n) if to_json is None else to_json(getattr(self, n))
-                   for n, to_json in self._json}
+            out = dict(zip(self._names_in_order, self._values(self), strict=True))
+            for name, to_json in self._json:  # only the fields that need converting
+                out[name] = to_json(out[name])
         else:
             out = {n: _python_value(getattr(self, n)) for n, _, _ in self._fields}
         return {n: v for n, v in out.items() if v is not None} if exclude_none else out
@@ -266,7 +270,10 @@ for _name, _model_fields in SPEC.items():
         "__module__": __name__,
         "_fields": tuple((n, _check_of(spec), default) for n, spec, default in _model_fields),
         "_names": frozenset(_names),
-        "_json": tuple((n, _json_of(spec)) for n, spec, _default in _model_fields),
+        "_names_in_order": _names,
+        "_values": operator.attrgetter(*_names),
+        "_json": tuple((n, to_json) for n, spec, _default in _model_fields
+                       if (to_json := _json_of(spec)) is not None),
     })
 
 Host = ROWS["Host"]
