@@ -16,8 +16,10 @@ Rules (README "## API" documents them for users):
   selected servers hold (``servers.first_seen_at``, one small table) or the retention
   horizon, whichever is later. A deployment two minutes old averages over two minutes, not
   over the hour asked for (averages divide by the window; the answer's ``from`` says where it
-  starts). Cells are still read from the step grid (``read_start``): nothing precedes the data
-  start, so the grid cell holding it holds only data from it on.
+  starts). The horizon cuts the requested start (then widened to the step like it); a first
+  sample later than both is the start itself, while cells are still read from the step grid
+  (``read_start``): nothing precedes the first sample, so its grid cell holds only data from
+  it on.
 - **Fleet tables**: a rollup query over every server (no ``server_ids``) reads the
   cross-server sums (``rollup_fleet_*``), ~100 rows per step instead of one per server.
 """
@@ -86,27 +88,20 @@ async def watermark(conn: asyncpg.Connection, source: str) -> datetime | None:
         "SELECT minute_until FROM rollup_watermarks WHERE source = $1", source)
 
 
-async def data_start(
-    conn: asyncpg.Connection, server_ids: tuple[str, ...] | None, *,
-    retention_days: float | None, now: datetime,
+async def first_sample_at(
+    conn: asyncpg.Connection, server_ids: tuple[str, ...] | None
 ) -> datetime | None:
-    """Where the data of ``server_ids`` (None: every server) starts: their first sample, or
-    the retention horizon if that is later; None when they have no data. ``servers`` holds
-    one row per host, so this is cheap next to the query it bounds."""
+    """The first sample ``server_ids`` (None: every server) hold; None when they have none.
+    ``servers`` holds one row per host, so this is cheap next to the query it bounds."""
     if server_ids is None:
-        first = await conn.fetchval("SELECT min(first_seen_at) FROM servers")
-    else:
-        first = await conn.fetchval(
-            "SELECT min(first_seen_at) FROM servers WHERE server_id = ANY($1::text[])",
-            list(server_ids))
-    if first is None or retention_days is None:
-        return first
-    return max(first, now - timedelta(days=retention_days))
+        return await conn.fetchval("SELECT min(first_seen_at) FROM servers")
+    return await conn.fetchval(
+        "SELECT min(first_seen_at) FROM servers WHERE server_id = ANY($1::text[])",
+        list(server_ids))
 
 
-def starting_at_data(time_range: TimeRange, start: datetime | None) -> TimeRange:
-    """``time_range`` cut to begin at ``start`` (the data start) when that is later; never
-    past the range's end."""
+def starting_at(time_range: TimeRange, start: datetime | None) -> TimeRange:
+    """``time_range`` cut to begin at ``start`` when that is later; never past its end."""
     if start is None or start <= time_range.start:
         return time_range
     return TimeRange(min(start, time_range.end), time_range.end, time_range.hours)
@@ -125,14 +120,15 @@ async def plan_query(
     """The plan of a query over ``time_range``; ``path`` forces raw or rollup (the rollup
     falls back to raw when it has no watermark at all).
 
-    The window starts no earlier than the data (``data_start``; ``retention_days`` None: no
-    horizon). A requested start is widened to whole steps (a rollup cell cannot be split); a
-    data start is kept as is. The end is cut at the data's horizon: ``now`` for the raw path,
-    the watermark for the rollup path."""
+    The window starts no earlier than the retention horizon (``retention_days`` None: none)
+    and the first sample. A requested start (or the horizon) is widened to whole steps (a
+    rollup cell cannot be split); a later first sample is the start as is. The end is cut at
+    the data's horizon: ``now`` for the raw path, the watermark for the rollup path."""
     now = now or datetime.now(UTC)
+    if retention_days is not None:
+        time_range = starting_at(time_range, now - timedelta(days=retention_days))
     requested = time_range
-    time_range = starting_at_data(
-        time_range, await data_start(conn, server_ids, retention_days=retention_days, now=now))
+    time_range = starting_at(time_range, await first_sample_at(conn, server_ids))
     step_s = step_s or cell_step_s(time_range)
     start = floor_to(time_range.start, step_s)
     effective_start = start if time_range is requested else time_range.start
