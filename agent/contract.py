@@ -1,8 +1,10 @@
 """The report contract: pydantic models of what an agent sends to ``POST /v1/reports``.
 
-This module is the single definition of a report. The agent builds reports with it and the
-gateway validates incoming bodies with it, so field names here are part of the product
-(see DESIGN.md, "Contracts").
+This module is the single definition of a report. The gateway validates incoming bodies with
+it; the agent builds reports with ``agent.rows``, light rows checked by the fields and bounds
+of ``agent.contract_spec``, which ``agent.contract_spec_gen`` generates from this module (run it
+after any change here; tests/agent/test_rows.py fails until it is current). Field names here
+are part of the product (see DESIGN.md, "Contracts").
 
 Rules that hold for every model:
 - unknown fields are rejected (``extra="forbid"``), NaN and Infinity are rejected;

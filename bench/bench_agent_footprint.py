@@ -337,7 +337,7 @@ def main() -> None:
         print(f"{name:44s} {value:10.1f} {base:10.1f} {ratio:6.2f}x  {base_name}")
     print()
     print(f"agent RSS at the end: {agent_split['VmRSS']:.1f} MB = anonymous "
-          f"{agent_split['RssAnon']:.1f} (Python heap, OpenSSL and pydantic-core allocations) "
+          f"{agent_split['RssAnon']:.1f} (Python heap, OpenSSL and native allocations) "
           f"+ file-backed {agent_split['RssFile']:.1f} (shared libraries); private "
           f"{agent_split['Private']:.1f} MB; {agent_split['Threads']:.0f} thread(s)")
     print()
