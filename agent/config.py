@@ -38,6 +38,11 @@ from agent.settings_loader import (
 DEFAULT_PROCESS_EXPORTER_URL = "http://127.0.0.1:9256/metrics"
 SERVER_ID_PATTERN = r"[A-Za-z0-9._:@-]{1,128}"  # the contract's Identifier (fullmatch)
 SERVER_ID_RE = re.compile(SERVER_ID_PATTERN)
+# How an OS machine id becomes the server_id: hashed with procfleet's app key (the default, as
+# `man machine-id` asks), or the raw id (what agents sent before; keeps an existing fleet's ids).
+SERVER_ID_SOURCE_HASHED = "machine-id"
+SERVER_ID_SOURCE_RAW = "machine-id-raw"
+SERVER_ID_SOURCES = (SERVER_ID_SOURCE_HASHED, SERVER_ID_SOURCE_RAW)
 _MAX_INTERVAL_S = 86_400.0
 
 
@@ -52,6 +57,8 @@ class AgentSettings(Settings):
         None, "PROCFLEET_SERVER_ID",
         text(pattern=SERVER_ID_PATTERN, reason="1-128 characters of A-Z a-z 0-9 . _ : @ -",
              blank_is_none=True))
+    server_id_source: str = setting(SERVER_ID_SOURCE_HASHED, "PROCFLEET_SERVER_ID_SOURCE",
+                                    text(choices=SERVER_ID_SOURCES))
     interval_s: float = setting(15.0, "PROCFLEET_INTERVAL_S", number(1.0, _MAX_INTERVAL_S))
     splay_s: float | None = setting(  # None: up to one interval
         None, "PROCFLEET_SPLAY_S", number(0.0, _MAX_INTERVAL_S))

@@ -1,8 +1,10 @@
 """The report contract: pydantic models of what an agent sends to ``POST /v1/reports``.
 
-This module is the single definition of a report. The agent builds reports with it and the
-gateway validates incoming bodies with it, so field names here are part of the product
-(see DESIGN.md, "Contracts").
+This module is the single definition of a report. The gateway validates incoming bodies with
+it; the agent builds reports with ``agent.rows``, light rows checked by the fields and bounds
+of ``agent.contract_spec``, which ``agent.contract_spec_gen`` generates from this module (run it
+after any change here; tests/agent/test_rows.py fails until it is current). Field names here
+are part of the product (see DESIGN.md, "Contracts").
 
 Rules that hold for every model:
 - unknown fields are rejected (``extra="forbid"``), NaN and Infinity are rejected;
@@ -51,7 +53,9 @@ MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
 
 OsType = Literal["linux", "darwin", "windows", "freebsd", "openbsd", "netbsd", "other"]
-SnapshotSource = Literal["ps", "tasklist", "process_exporter"]
+# "proc_stat": the processes' CPU time came from /proc/<pid>/stat in clock ticks (Linux), not
+# from ps's whole seconds; that snapshot's process_count says for how many processes.
+SnapshotSource = Literal["ps", "tasklist", "process_exporter", "proc_stat"]
 
 
 def refuse_nul(text: str) -> str:
@@ -60,15 +64,6 @@ def refuse_nul(text: str) -> str:
         raise ValueError(f"contains a NUL character (\\u0000) at offset {text.index(chr(0))}, "
                          "which PostgreSQL text cannot hold")
     return text
-
-
-NUL_REPLACEMENT = "\ufffd"  # what a decoder writes for bytes it cannot read
-
-
-def replace_nul(text: str) -> str:
-    """``text`` with every NUL replaced by U+FFFD: what the agent does to collected text, so a
-    host whose process writes a NUL into its command line is not refused at every report."""
-    return text.replace("\x00", NUL_REPLACEMENT) if "\x00" in text else text
 
 
 # The marker of every free-text field (ingest_gateway/ingest/fast_contract.py knows it by identity).

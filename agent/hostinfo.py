@@ -8,12 +8,21 @@
 4. the registry value ``HKLM\\SOFTWARE\\Microsoft\\Cryptography\\MachineGuid`` (Windows);
 5. a random id generated once and kept in ``state_file`` (so it survives restarts).
 
+An OS machine id (sources 2-4) is never sent as is: ``man machine-id`` asks applications not to
+expose it but to hash it with an application-specific key. ``app_specific_id`` does what
+systemd's ``sd_id128_get_machine_app_specific()`` does (HMAC-SHA256 keyed by the machine id over
+procfleet's fixed app id, cut to 128 bits as a version-4 UUID), so on a systemd host
+``systemd-id128 machine-id --app-specific=<PROCFLEET_APP_ID>`` prints the same server_id.
+``server_id_source = "machine-id-raw"`` keeps the raw id for fleets that already report by it.
+
 Every side effect (files, the ``platform`` module, the hostname, running ``ioreg``, reading the
 registry) goes through ``HostSources`` so tests build a host of any OS without one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import platform
@@ -25,13 +34,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from pydantic import ValidationError
-
-from agent.config import SERVER_ID_RE
-from agent.contract import Host, OsType
+from agent.config import SERVER_ID_RE, SERVER_ID_SOURCE_RAW
 from agent.errors import ConfigError
+from agent.rows import Host, RowInvalid
+
+if TYPE_CHECKING:
+    from agent.contract import OsType
+else:
+    OsType = str
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +54,9 @@ MAX_BOOT_ID_CHARS = 64
 MAX_AGENT_VERSION_CHARS = 32
 IOREG_TIMEOUT_S = 5.0
 _IOREG_UUID_RE = re.compile(r'"IOPlatformUUID"\s*=\s*"([^"]+)"')
+# procfleet's application id for app-specific machine ids: fixed forever, since changing it
+# changes every host's server_id.
+PROCFLEET_APP_ID = uuid.UUID("d31ba582fdf34595bf026201677e4bef")
 
 _OS_TYPES: dict[str, OsType] = {
     "linux": "linux",
@@ -114,17 +129,21 @@ def collect_host(
     agent_version: str,
     state_file: Path | None = None,
     sources: HostSources | None = None,
+    server_id_source: str = "machine-id",
 ) -> Host:
     """Build the ``Host`` of this machine.
 
     ``state_file`` keeps a generated id when the OS offers none; without it such a host is a
     ``ConfigError`` asking for ``server_id``. Free-form facts (hostname, OS version) are
     cleaned and cut to the contract's bounds; identifiers are never altered, since a changed
-    id would be a different host.
+    id would be a different host. An OS machine id is hashed (``app_specific_id``) unless
+    ``server_id_source`` is ``"machine-id-raw"``.
     """
     sources = sources or HostSources()
     os_type = os_type_of(sources.platform.system())
     chosen_id, id_source = _server_id(server_id, os_type, state_file, sources)
+    if id_source not in ("config", str(state_file)) and server_id_source != SERVER_ID_SOURCE_RAW:
+        chosen_id, id_source = app_specific_id(chosen_id), f"{id_source} (app-specific hash)"
     hostname = _clean(sources.hostname(), MAX_HOSTNAME_CHARS)
     if not hostname:
         raise ConfigError("hostname", sources.hostname(), "the OS reports an empty hostname")
@@ -142,15 +161,26 @@ def collect_host(
             boot_id=boot_id,
             agent_version=agent_version,
         )
-    except ValidationError as exc:  # the cleaning above should make this unreachable
-        error = exc.errors()[0]
-        field_name = ".".join(str(p) for p in error["loc"])
-        raise ConfigError(field_name, error.get("input"), error["msg"]) from exc
+    except RowInvalid as exc:  # the cleaning above should make this unreachable
+        raise ConfigError(exc.field, exc.value, exc.reason) from exc
     logger.info(
         "host identity",
         extra={"kv": {"server_id": host.server_id, "source": id_source, "os_type": os_type}},
     )
     return host
+
+
+def app_specific_id(machine_id: str) -> str:
+    """``machine_id`` hashed for procfleet, as ``sd_id128_get_machine_app_specific()`` does:
+    32 lowercase hex digits that reveal nothing of the machine id. A 128-bit id (machine-id,
+    IOPlatformUUID, MachineGuid) is keyed by its 16 bytes, like systemd; any other text by its
+    UTF-8 bytes."""
+    try:
+        key = uuid.UUID(machine_id.strip("{}")).bytes
+    except ValueError:
+        key = machine_id.encode()
+    digest = hmac.new(key, PROCFLEET_APP_ID.bytes, hashlib.sha256).digest()
+    return uuid.UUID(bytes=digest[:16], version=4).hex
 
 
 def os_type_of(system: str) -> OsType:

@@ -22,9 +22,9 @@ from agent import __version__
 from agent.collectors.process_exporter import scrape_groups
 from agent.collectors.process_table import collect_process_table
 from agent.config import AgentSettings
-from agent.contract import Host, ProcessGroup, ProcessSample, Report, Snapshot
 from agent.errors import CollectError
 from agent.hostinfo import collect_host
+from agent.rows import Host, ProcessGroup, ProcessSample, Report, Snapshot
 from agent.scrub import Scrubber
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,15 @@ def cap_processes(
 
 
 def host_of(settings: AgentSettings) -> Host:
-    """This machine's ``Host``. A host without an OS machine id gets a generated one, kept in
-    ``<spool_dir>/server-id`` so it survives restarts (the spool ignores that file)."""
+    """This machine's ``Host``. An OS machine id is hashed per ``server_id_source``; a host
+    without one gets a generated id, kept in ``<spool_dir>/server-id`` so it survives restarts
+    (the spool ignores that file)."""
     state_file = settings.spool_dir / "server-id" if settings.spool_dir else None
     return collect_host(
-        server_id=settings.server_id, agent_version=__version__, state_file=state_file
+        server_id=settings.server_id,
+        agent_version=__version__,
+        state_file=state_file,
+        server_id_source=settings.server_id_source,
     )
 
 
@@ -106,7 +110,7 @@ async def _process_table(
             extra={"kv": {"os_type": os_type, "error": str(exc)}},
         )
         return [], []
-    return table.processes, [table.snapshot]
+    return table.processes, table.snapshots
 
 
 async def build_report(

@@ -24,9 +24,9 @@ import httpx
 from prometheus_client import Counter
 
 from agent.config import AgentSettings
-from agent.contract import Host, Report
 from agent.errors import ConfigError, DeliveryError, ReportRejected
 from agent.report import build_report, host_of, make_scrubber
+from agent.rows import Host, Report
 from agent.sender import Sender, build_client, gzip_body
 from agent.spool import REPORTS_DROPPED, Spool, SpoolError, check_writable
 

@@ -36,6 +36,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# `python -m` and `python -c` put the working directory first on sys.path: run from a checkout,
+# the agent would import the checkout's packages, not the copy installed for --python.
+NEUTRAL_CWD = tempfile.gettempdir()
 GOAL_RSS_MB = 35.0
 GOAL_CPU_PERCENT = 0.5
 GOAL_INTERVAL_S = 15.0
@@ -93,12 +96,13 @@ IMPORT_LADDER: tuple[tuple[str, str], ...] = (
     ("prometheus_client (+parser)", "import prometheus_client, prometheus_client.parser"),
     ("httpx", "import httpx"),
     ("httpcore, anyio, h11 (first request)", "import httpcore, anyio._backends._asyncio, h11"),
-    ("pydantic", "import pydantic"),
-    ("agent.contract (models built)", "import agent.contract"),
+    ("agent.rows (the contract's light rows)", "import agent.rows"),
     ("rest of the agent + procfleet CLI", "import agent.runner, procfleet.cli\n"
      "procfleet.cli.build_parser()"),
     ("one SSL context (no CA bundle)", "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)"),
     ("tenacity (only when a send is retried)", "import tenacity"),
+    # not imported by the agent since it builds agent.rows: what pydantic would add back
+    ("pydantic + agent.contract (models built)", "import agent.contract"),
 )
 
 LADDER_PROBE = """
@@ -110,19 +114,25 @@ def rss_kb():
                 return int(line.split()[1])
 out = []
 for code in json.loads(sys.argv[1]):
-    exec(code)
+    try:
+        exec(code)
+    except ImportError:  # a layer an older agent does not have
+        out.append(None)
+        continue
     out.append(rss_kb())
 print(json.dumps(out))
 """
 
 
-def import_ladder(interpreter: list[str]) -> list[tuple[str, float]]:
+def import_ladder(interpreter: list[str]) -> list[tuple[str, float | None]]:
     """Cumulative RSS (MB) after each layer of ``IMPORT_LADDER`` in a fresh interpreter."""
     codes = json.dumps([code for _, code in IMPORT_LADDER])
-    out = subprocess.run([*interpreter, "-c", LADDER_PROBE, codes], capture_output=True,
+    out = subprocess.run([*interpreter, "-c", LADDER_PROBE, codes], cwd=NEUTRAL_CWD,
+                         capture_output=True,
                          text=True, check=True, timeout=120)
     sizes = json.loads(out.stdout)
-    return [(name, kb / 1024) for (name, _), kb in zip(IMPORT_LADDER, sizes, strict=True)]
+    return [(name, None if kb is None else kb / 1024)
+            for (name, _), kb in zip(IMPORT_LADDER, sizes, strict=True)]
 
 
 def count_processes() -> int:
@@ -216,7 +226,8 @@ def ps_alone_cpu_ms(runs: int) -> float:
 
 def idle_rss_mb(interpreter: list[str], code: str) -> float:
     """RSS of a Python process that ran ``code`` and then sleeps (an interpreter baseline)."""
-    proc = subprocess.Popen([*interpreter, "-c", code + "\nimport time; time.sleep(30)"])
+    proc = subprocess.Popen([*interpreter, "-c", code + "\nimport time; time.sleep(30)"],
+                            cwd=NEUTRAL_CWD)
     try:
         time.sleep(2.0)
         return rss_mb(proc.pid)
@@ -260,7 +271,7 @@ def main() -> None:
         with open(log_path, "wb") as log_file:
             agent = subprocess.Popen(
                 [*interpreter, "-m", "procfleet", "agent", "--config", str(config)],
-                stdout=subprocess.DEVNULL, stderr=log_file,
+                stdout=subprocess.DEVNULL, stderr=log_file, cwd=workdir,
             )
         wait_for(lambda: gateway.count() >= args.warmup or agent.poll() is not None, 60,
                  "warm-up reports")
@@ -326,13 +337,16 @@ def main() -> None:
         print(f"{name:44s} {value:10.1f} {base:10.1f} {ratio:6.2f}x  {base_name}")
     print()
     print(f"agent RSS at the end: {agent_split['VmRSS']:.1f} MB = anonymous "
-          f"{agent_split['RssAnon']:.1f} (Python heap, OpenSSL and pydantic-core allocations) "
+          f"{agent_split['RssAnon']:.1f} (Python heap, OpenSSL and native allocations) "
           f"+ file-backed {agent_split['RssFile']:.1f} (shared libraries); private "
           f"{agent_split['Private']:.1f} MB; {agent_split['Threads']:.0f} thread(s)")
     print()
     print(f"{'import ladder (fresh interpreter)':44s} {'RSS MB':>10s} {'+MB':>7s}")
     previous = 0.0
     for name, cumulative in ladder:
+        if cumulative is None:
+            print(f"{name:44s} {'n/a':>10s}")
+            continue
         print(f"{name:44s} {cumulative:10.1f} {cumulative - previous:+7.1f}")
         previous = cumulative
     print()

@@ -31,11 +31,10 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import ValidationError
 
 from agent.config import DEFAULT_PROCESS_EXPORTER_URL
-from agent.contract import MAX_RAW_OUTPUT_CHARS, ProcessGroup, Snapshot, replace_nul
 from agent.errors import CollectError
+from agent.rows import MAX_RAW_OUTPUT_CHARS, ProcessGroup, RowInvalid, Snapshot, replace_nul
 
 logger = logging.getLogger(__name__)
 
@@ -234,11 +233,8 @@ def _build_group(name: str, fields: dict[str, tuple[float, str]]) -> ProcessGrou
         return ProcessGroup(**data)
     except _BadValue as exc:
         reason = str(exc)
-    except ValidationError as exc:
-        reason = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}={e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()
-        )
+    except RowInvalid as exc:
+        reason = f"{exc.field}={exc.value!r}: {exc.reason}"
     logger.warning(
         "process_exporter group dropped", extra={"kv": {"group": name[:300], "reason": reason}}
     )

@@ -15,6 +15,10 @@ Unlike the saved outputs :mod:`agent.parsers.ps` reads, here the agent picks the
 
 Every command runs under ``env LC_ALL=C TZ=UTC0`` so that names, dates and decimals are in
 one known form whatever the host's locale, and start times are read as UTC.
+
+On Linux the CPU time of the processes ``ps`` listed is then read in clock ticks from
+``/proc/<pid>/stat`` (:mod:`agent.collectors.proc_stat`); the table gets a second snapshot,
+``source="proc_stat"``, whose ``process_count`` is how many processes that covers.
 """
 
 from __future__ import annotations
@@ -25,20 +29,22 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
-from agent.contract import (
+from agent.collectors.proc_stat import ProcStat, TickCpu, tick_cpu
+from agent.errors import CollectError
+from agent.parsers import ps_columns as col
+from agent.parsers.ps import FORMAT_BSD, FORMAT_BUSYBOX, FORMAT_PROCPS, parse_table
+from agent.parsers.result import ParseResult
+from agent.rows import (
     MAX_COMMAND_CHARS,
     MAX_RAW_OUTPUT_CHARS,
     ProcessSample,
     Snapshot,
     replace_nul,
 )
-from agent.errors import CollectError
-from agent.parsers import ps_columns as col
-from agent.parsers.ps import FORMAT_BSD, FORMAT_BUSYBOX, FORMAT_PROCPS, parse_table
-from agent.parsers.result import ParseResult
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,11 @@ class ProcessTable:
 
     processes: list[ProcessSample]
     snapshot: Snapshot
+    cpu_snapshot: Snapshot | None = None  # source="proc_stat" when /proc gave the CPU time
+    snapshots: list[Snapshot] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.snapshots = [self.snapshot, *([self.cpu_snapshot] if self.cpu_snapshot else [])]
 
 
 @dataclass(frozen=True)
@@ -176,8 +187,12 @@ async def collect_process_table(
     scrub: Callable[[str], str] = lambda s: s,
     keep_raw: bool = False,
     now: datetime | None = None,
+    proc_root: Path | None | str = "auto",
 ) -> ProcessTable:
     """Run the process-table command of ``os_type`` and parse it.
+
+    ``proc_root`` is where ``/proc`` is read for CPU ticks on Linux; ``"auto"``: the real one
+    when the real ``ps`` runs, none for another ``runner`` (its output is not this host's).
 
     ``scrub`` is applied to every command line and to the raw output; the snapshot's
     ``sha256`` is that of the scrubbed output, which ``raw_output`` holds when ``keep_raw``.
@@ -197,10 +212,17 @@ async def collect_process_table(
             failures.append(exc)
             continue
         result = plan.parse(text, now)
-        table = _table(plan, text, result, scrub, keep_raw)
+        ticks = None
+        root = (Path("/proc") if runner is run_command else None) if proc_root == "auto" \
+            else proc_root
+        if os_type == "linux" and plan.source == "ps" and root is not None:
+            ticks = tick_cpu(((p.pid, p.start_time) for p in result.processes),
+                             ProcStat(root=Path(root)))
+        table = _table(plan, text, result, scrub, keep_raw, ticks)
         log.debug(
             "process table",
             extra={"kv": {"format": result.format, "processes": len(result.processes),
+                          "cpu_from_proc": ticks.matched if ticks else 0,
                           "unparsed_lines": result.unparsed_lines,
                           "collect_ms": round((time.perf_counter() - started) * 1000, 1)}},
         )
@@ -221,9 +243,11 @@ def _check_header(plan: _Plan, text: str) -> None:
 
 
 def _table(plan: _Plan, text: str, result: ParseResult, scrub: Callable[[str], str],
-           keep_raw: bool) -> ProcessTable:
+           keep_raw: bool, ticks: TickCpu | None = None) -> ProcessTable:
+    cpu_s = ticks.cpu_s if ticks is not None else {}
     processes = [
-        p.model_copy(update={"command": scrub(p.command)[:MAX_COMMAND_CHARS]})
+        p.model_copy(update={"command": scrub(p.command)[:MAX_COMMAND_CHARS],
+                             **({"cpu_seconds_total": cpu_s[p.pid]} if p.pid in cpu_s else {})})
         for p in result.processes
     ]
     # Line by line: a flag at the end of one row must not mask the next row's name, and it is
@@ -239,4 +263,14 @@ def _table(plan: _Plan, text: str, result: ParseResult, scrub: Callable[[str], s
         unparsed_lines=result.unparsed_lines,
         raw_output=raw if keep_raw else None,
     )
-    return ProcessTable(processes=processes, snapshot=snapshot)
+    cpu_snapshot = None
+    if ticks is not None and ticks.matched:
+        stat_text = ticks.raw.decode("utf-8", errors="replace")
+        stat_raw = "\n".join(scrub(line) for line in stat_text.split("\n"))
+        cpu_snapshot = Snapshot(
+            source="proc_stat",
+            sha256=hashlib.sha256(stat_raw.encode("utf-8", errors="replace")).hexdigest(),
+            process_count=ticks.matched,
+            raw_output=stat_raw if keep_raw and len(stat_raw) <= MAX_RAW_OUTPUT_CHARS else None,
+        )
+    return ProcessTable(processes=processes, snapshot=snapshot, cpu_snapshot=cpu_snapshot)

@@ -3,6 +3,10 @@
 CPU time (``TIME``), every form seen in ps outputs::
 
     0:07  1234:56        procps ``ps aux`` (bsdtime) and BusyBox: minutes may pass 59
+    1h05  3d04  123d     BusyBox ``format_time`` (procps/ps.c): hours and minutes from one
+                         hour, days and hours from one day, days alone from 100 days on;
+                         read as the lower bound of what was printed (seconds, minutes or
+                         hours below the last unit are cut, not rounded)
     00:01:02  3-04:05:06 procps ``ps -ef`` / ``-o time``: [DD-]HH:MM:SS
     58:12.34             macOS / BSD: minutes, seconds and hundredths
     4711                 procps ``-o cputimes``: plain seconds
@@ -38,6 +42,8 @@ LSTART_TOKENS = 5
 CLOCK_SKEW = timedelta(minutes=5)
 
 _CPU_TIME = re.compile(r"(?:(?:(\d+)-)?(\d+):)?(\d+):([0-5]\d)(?:\.(\d{1,6}))?")
+# BusyBox: "%2uh%02u" (hours < 24), "%2ud%02u" (days < 100), "%4lud" (more days).
+_BUSYBOX_CPU_TIME = re.compile(r"(\d+)(?:h([0-5]\d)|d([01]\d|2[0-3])?)")
 _HH_MM = re.compile(r"(\d{1,2}):([0-5]\d)(?::([0-5]\d))?")
 _HH_MM_AMPM = re.compile(r"(\d{1,2}):([0-5]\d)([AP]M)")
 _NAME_NUMBER = re.compile(r"([A-Z][a-z]{2})(\d{2})([AP]M)?")  # Jan05 / Tue02PM / Tue14
@@ -50,6 +56,11 @@ def parse_cpu_seconds(text: str) -> float:
     if text.isdigit():
         return float(text)
     match = _CPU_TIME.fullmatch(text)
+    if match is None and (busybox := _BUSYBOX_CPU_TIME.fullmatch(text)):
+        count, minutes_after_hours, hours_after_days = busybox.groups()
+        if minutes_after_hours is not None:
+            return float(int(count) * 3600 + int(minutes_after_hours) * 60)
+        return float(int(count) * 86400 + int(hours_after_days or 0) * 3600)
     if match is None:
         raise ValueError(f"bad CPU time {text!r}")
     days, hours, minutes, seconds, fraction = match.groups()

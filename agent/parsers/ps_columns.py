@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agent.contract import MAX_PID
 from agent.parsers.clock import LSTART_TOKENS, Clock, parse_cpu_seconds, parse_start
+from agent.rows import MAX_PID
 
 _TOKEN = re.compile(r"\S+")
 _INT = re.compile(r"\d{1,10}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.contract import ProcessSample
+from agent.rows import ProcessSample
 
 MAX_KEPT_ERRORS = 20  # enough to diagnose a format; a 10k-line garbage file must not blow up
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from pydantic import ValidationError
-
-from agent.contract import ProcessSample
+from agent.rows import ProcessSample, RowInvalid
 
 # Positional layout of tasklist columns: 5 without /v, 9 with /v.
 FIELDS_DEFAULT = ("name", "pid", "session_name", "session_id", "memory")
@@ -187,7 +185,5 @@ def build_sample(cells: Mapping[str, str]) -> ProcessSample:
             user=_text_cell(cells, "user"),
             cpu_seconds_total=parse_cpu_seconds(cells.get("cpu_time", "")),
         )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise RowError(f"{where}: {first['msg']}") from None
+    except RowInvalid as exc:
+        raise RowError(str(exc)) from None

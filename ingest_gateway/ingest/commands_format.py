@@ -28,6 +28,7 @@ from agent.contract import (
     Host,
     Identifier,
     OsType,
+    ProcessSample,
     Report,
     Snapshot,
     Timestamp,
@@ -93,7 +94,8 @@ def to_report(body: CommandsBody) -> tuple[Report, int]:
             host=Host(server_id=body.machine_id, hostname=body.machine_name,
                       os_type=body.os_type, os_version=body.os_version),
             collected_at=body.timestamp,
-            processes=processes,
+            # the parsers build the agent's light rows; the contract checks them once more
+            processes=[ProcessSample.model_validate(p.model_dump()) for p in processes],
             snapshots=[Snapshot(source=body.command,
                                 sha256=hashlib.sha256(scrubbed.encode()).hexdigest(),
                                 process_count=len(processes),

@@ -47,7 +47,7 @@ def cells_sql(plan: Plan, args: Args, *, name: str | None = None) -> str:
 def _raw_cells(plan: Plan, args: Args, name: str | None) -> str:
     function = RAW_FUNCTIONS[plan.source]
     ids = args.add(list(plan.server_ids) if plan.server_ids is not None else None)
-    source = (f"{function}({args.add(plan.start)}::timestamptz, {args.add(plan.end)}"
+    source = (f"{function}({args.add(plan.grid_start)}::timestamptz, {args.add(plan.end)}"
               f"::timestamptz, {ids}::text[]) c")
     where = f" WHERE c.name = {args.add(name)}" if name is not None else ""
     if plan.step_s == MINUTE_S:
@@ -60,7 +60,7 @@ def _rollup_cells(plan: Plan, args: Args, name: str | None) -> str:
     table = ROLLUP_TABLES[(plan.fleet, plan.step_s)]
     keys = "c.name, c.ts" if plan.fleet else "c.server_id, c.name, c.ts"
     where = [f"c.source = {args.add(plan.source)}",
-             f"c.ts >= {args.add(plan.start)}", f"c.ts < {args.add(plan.end)}"]
+             f"c.ts >= {args.add(plan.grid_start)}", f"c.ts < {args.add(plan.end)}"]
     if not plan.fleet and plan.server_ids is not None:
         where.append(f"c.server_id = ANY({args.add(list(plan.server_ids))}::text[])")
     if name is not None:

@@ -64,7 +64,8 @@ async def top(request: web.Request) -> web.Response:
     params = parse_top(request.query, _now())
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
-        result = await top_processes(conn, params)
+        result = await top_processes(
+            conn, params, retention_days=request.app[SETTINGS].retention_days)
     _note(request, started_s, query_path=result.plan.path, source=result.plan.source,
           rows=len(result.processes))
     return json_response(result.as_json())
@@ -75,7 +76,8 @@ async def series(request: web.Request) -> web.Response:
     params = parse_series(request.match_info["name"], request.query, _now())
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
-        result = await process_series(conn, params)
+        result = await process_series(
+            conn, params, retention_days=request.app[SETTINGS].retention_days)
     _note(request, started_s, query_path=result.plan.path, points=len(result.points))
     return json_response(result.as_json())
 

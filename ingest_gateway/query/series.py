@@ -40,7 +40,8 @@ class SeriesResult:
             "unit": "percent" if self.params.metric == "cpu" else "MB",
             "source": self.plan.source,
             "step_s": self.step_s,
-            "from": iso(self.plan.start),
+            # the first bucket: where the data starts, on the step grid (the chart's left edge)
+            "from": iso(floor_to(self.plan.start, self.step_s)),
             "to": iso(self.plan.end),
             "path": self.plan.path,
             "points": self.points,
@@ -55,7 +56,8 @@ def default_step_s(length: timedelta) -> int:
 
 
 async def process_series(conn: asyncpg.Connection, params: SeriesParams, *,
-                         path: str | None = None) -> SeriesResult:
+                         path: str | None = None, retention_days: float | None = None
+                         ) -> SeriesResult:
     """Run the series query on ``conn`` (``path`` forces raw or rollup)."""
     time_range = params.time_range
     step_s = params.step_s or default_step_s(time_range.length)
@@ -66,7 +68,8 @@ async def process_series(conn: asyncpg.Connection, params: SeriesParams, *,
         source = await choose_source(conn, params.source, time_range.start, time_range.end,
                                      params.server_ids)
         plan = await plan_query(conn, time_range, source, params.server_ids,
-                                step_s=cell_step_s, path=path)
+                                step_s=cell_step_s, path=path,
+                                retention_days=retention_days)
         args = Args()
         cells = cells_sql(plan, args, name=params.name)
         step = args.add(timedelta(seconds=step_s))
@@ -77,7 +80,8 @@ async def process_series(conn: asyncpg.Connection, params: SeriesParams, *,
             f"FROM ({cells}) c GROUP BY 1 ORDER BY 1", *args.values)
     by_bucket = {row["bucket"]: row for row in rows}
     points = []
-    bucket = plan.start
+    # Buckets stay on the step grid; the first one starts at or before the data start.
+    bucket = floor_to(plan.start, step_s)
     while bucket < plan.end:
         row = by_bucket.get(bucket)
         value = None

@@ -122,18 +122,21 @@ async def fleet_servers(conn: asyncpg.Connection, plan: Plan, names: list[str]) 
         f"CROSS JOIN servers s CROSS JOIN LATERAL (SELECT 1 FROM {table} r "
         f"WHERE r.source = $1 AND r.name = n.name AND r.server_id = s.server_id "
         f"AND r.ts >= $3 AND r.ts < $4 LIMIT 1) hit GROUP BY n.name",
-        plan.source, names, plan.start, plan.end)
+        plan.source, names, plan.grid_start, plan.end)
     return {row["name"]: row["servers"] for row in rows}
 
 
 async def top_processes(conn: asyncpg.Connection, params: TopParams, *,
-                        path: str | None = None) -> TopResult:
-    """Run the top query on ``conn`` (``path`` forces raw or rollup: benchmarks, tests)."""
+                        path: str | None = None, retention_days: float | None = None
+                        ) -> TopResult:
+    """Run the top query on ``conn`` (``path`` forces raw or rollup: benchmarks, tests); the
+    window starts where the data does (``window.data_start``)."""
     time_range = params.time_range
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         source = await choose_source(conn, params.source, time_range.start, time_range.end,
                                      params.server_ids)
-        plan = await plan_query(conn, time_range, source, params.server_ids, path=path)
+        plan = await plan_query(conn, time_range, source, params.server_ids, path=path,
+                                retention_days=retention_days)
         sql, args = top_sql(plan, params.metric, params.limit)
         rows = await conn.fetch(sql, *args)
         servers = (await fleet_servers(conn, plan, [r["name"] for r in rows])

@@ -12,6 +12,14 @@ Rules (README "## API" documents them for users):
   after the watermark. Both give the same numbers for the same window (tests/query); the raw
   path reads ~240 samples per series and hour, the rollup 60 cells (1 per fleet-wide name for
   the fleet tables), so at fleet scale it is 50–2000x slower (docs/BENCHMARKS.md).
+- **Data start**: the window starts no earlier than the data does — the first sample the
+  selected servers hold (``servers.first_seen_at``, one small table) or the retention
+  horizon, whichever is later. A deployment two minutes old averages over two minutes, not
+  over the hour asked for (averages divide by the window; the answer's ``from`` says where it
+  starts). The horizon cuts the requested start (then widened to the step like it); a first
+  sample later than both is the start itself, while cells are still read from the step grid
+  (``read_start``): nothing precedes the first sample, so its grid cell holds only data from
+  it on.
 - **Fleet tables**: a rollup query over every server (no ``server_ids``) reads the
   cross-server sums (``rollup_fleet_*``), ~100 rows per step instead of one per server.
 """
@@ -38,8 +46,9 @@ PATHS = ("raw", "rollup")
 @dataclass(frozen=True)
 class Plan:
     """How one query reads its data: ``source`` groups|processes, ``path`` raw|rollup,
-    ``step_s`` 60|3600 (cell granularity), the effective ``[start, end)``, and ``fleet`` when
-    the rollup's cross-server tables serve it."""
+    ``step_s`` 60|3600 (cell granularity), the effective ``[start, end)`` (what averages
+    divide by), ``read_start`` (``start`` on the step grid, where cells are read from), and
+    ``fleet`` when the rollup's cross-server tables serve it."""
 
     source: str
     path: str
@@ -48,6 +57,11 @@ class Plan:
     end: datetime
     server_ids: tuple[str, ...] | None
     fleet: bool = False
+    read_start: datetime | None = None  # None: ``start`` (already on the grid)
+
+    @property
+    def grid_start(self) -> datetime:
+        return self.start if self.read_start is None else self.read_start
 
     @property
     def window_s(self) -> float:
@@ -74,6 +88,25 @@ async def watermark(conn: asyncpg.Connection, source: str) -> datetime | None:
         "SELECT minute_until FROM rollup_watermarks WHERE source = $1", source)
 
 
+async def first_sample_at(
+    conn: asyncpg.Connection, server_ids: tuple[str, ...] | None
+) -> datetime | None:
+    """The first sample ``server_ids`` (None: every server) hold; None when they have none.
+    ``servers`` holds one row per host, so this is cheap next to the query it bounds."""
+    if server_ids is None:
+        return await conn.fetchval("SELECT min(first_seen_at) FROM servers")
+    return await conn.fetchval(
+        "SELECT min(first_seen_at) FROM servers WHERE server_id = ANY($1::text[])",
+        list(server_ids))
+
+
+def starting_at(time_range: TimeRange, start: datetime | None) -> TimeRange:
+    """``time_range`` cut to begin at ``start`` when that is later; never past its end."""
+    if start is None or start <= time_range.start:
+        return time_range
+    return TimeRange(min(start, time_range.end), time_range.end, time_range.hours)
+
+
 def ceil_to(moment: datetime, step_s: int) -> datetime:
     floor = floor_to(moment, step_s)
     return floor if floor == moment else floor + timedelta(seconds=step_s)
@@ -82,16 +115,23 @@ def ceil_to(moment: datetime, step_s: int) -> datetime:
 async def plan_query(
     conn: asyncpg.Connection, time_range: TimeRange, source: str,
     server_ids: tuple[str, ...] | None, *, step_s: int | None = None, path: str | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, retention_days: float | None = None,
 ) -> Plan:
     """The plan of a query over ``time_range``; ``path`` forces raw or rollup (the rollup
     falls back to raw when it has no watermark at all).
 
-    The window is widened to whole steps (a rollup cell cannot be split) and then cut at the
-    data's horizon: ``now`` for the raw path, the watermark for the rollup path."""
-    step_s = step_s or cell_step_s(time_range)
+    The window starts no earlier than the retention horizon (``retention_days`` None: none)
+    and the first sample. A requested start (or the horizon) is widened to whole steps (a
+    rollup cell cannot be split); a later first sample is the start as is. The end is cut at
+    the data's horizon: ``now`` for the raw path, the watermark for the rollup path."""
     now = now or datetime.now(UTC)
+    if retention_days is not None:
+        time_range = starting_at(time_range, now - timedelta(days=retention_days))
+    requested = time_range
+    time_range = starting_at(time_range, await first_sample_at(conn, server_ids))
+    step_s = step_s or cell_step_s(time_range)
     start = floor_to(time_range.start, step_s)
+    effective_start = start if time_range is requested else time_range.start
     end = time_range.end
     mark = await watermark(conn, source)
     if path is None:
@@ -106,6 +146,7 @@ async def plan_query(
         end = min(ceil_to(end, step_s), mark)
     else:  # widen to the step only as far as samples can exist
         end = max(end, min(ceil_to(end, step_s), now))
-    end = max(end, start)
-    return Plan(source=source, path=path, step_s=step_s, start=start, end=end,
-                server_ids=server_ids, fleet=path == "rollup" and server_ids is None)
+    end = max(end, effective_start)
+    return Plan(source=source, path=path, step_s=step_s, start=effective_start, end=end,
+                server_ids=server_ids, fleet=path == "rollup" and server_ids is None,
+                read_start=None if effective_start == start else start)

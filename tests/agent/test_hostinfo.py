@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import platform
+import shutil
 import socket
+import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent.contract import Host
+from agent.config import load_settings
 from agent.errors import ConfigError
-from agent.hostinfo import HostSources, collect_host, os_type_of
+from agent.hostinfo import PROCFLEET_APP_ID, HostSources, app_specific_id, collect_host, os_type_of
+from agent.rows import Host
 
 MACHINE_ID = "3d1219c7c4c5404aaa1f6d2a48adfda4"
+# `systemd-id128 machine-id --app-specific=d31ba582fdf34595bf026201677e4bef` on a host whose
+# /etc/machine-id is MACHINE_ID.
+HASHED_MACHINE_ID = "d5285ca9c53d4f69be607a9754ae5acc"
 MAC_UUID = "564D7A1E-23C4-4B7E-9F0A-2C1B1E6F8D77"
 WIN_GUID = "6a1f4c2e-9b3d-4e5f-8a7b-1c2d3e4f5a6b"
 IOREG_OUTPUT = f"""+-o J314sAP  <class IOPlatformExpertDevice, id 0x100000220, registered>
@@ -76,7 +85,7 @@ def sources(etc: Path, **overrides) -> HostSources:
 def test_linux_host_reads_machine_id_boot_id_and_os_release(etc):
     host = collect_host(server_id=None, agent_version="0.1.0", sources=sources(etc))
     assert host == Host(
-        server_id=MACHINE_ID,
+        server_id=HASHED_MACHINE_ID,
         hostname="web-1.example.com",
         os_type="linux",
         os_version="Debian GNU/Linux 12 (bookworm) (kernel 6.1.0-18-amd64)",
@@ -103,7 +112,7 @@ def test_an_empty_or_unusable_machine_id_falls_through_to_the_dbus_copy(etc, fir
     (etc / "machine-id").write_text(first)
     (etc / "dbus-machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     host = collect_host(server_id=None, agent_version="0.1.0", sources=sources(etc))
-    assert host.server_id == "0123456789abcdef0123456789abcdef"
+    assert host.server_id == app_specific_id("0123456789abcdef0123456789abcdef")
 
 
 def test_macos_uses_ioreg_platform_uuid_and_has_no_boot_id(etc):
@@ -120,7 +129,8 @@ def test_macos_uses_ioreg_platform_uuid_and_has_no_boot_id(etc):
         run_command=run,
     )
     host = collect_host(server_id=None, agent_version="0.1.0", sources=src)
-    assert (host.server_id, host.os_type, host.os_version) == (MAC_UUID, "darwin", "macOS 14.5")
+    assert (host.server_id, host.os_type, host.os_version) == (
+        app_specific_id(MAC_UUID), "darwin", "macOS 14.5")
     assert host.boot_id is None
     assert calls == [["ioreg", "-rd1", "-c", "IOPlatformExpertDevice"]]
 
@@ -133,7 +143,7 @@ def test_windows_uses_the_registry_machine_guid(etc):
         read_machine_guid=lambda: WIN_GUID,
     )
     host = collect_host(server_id=None, agent_version="0.1.0", sources=src)
-    assert (host.server_id, host.os_type) == (WIN_GUID, "windows")
+    assert (host.server_id, host.os_type) == (app_specific_id(WIN_GUID), "windows")
     assert host.os_version == "Windows 10 10.0.19045"
     assert host.boot_id is None
 
@@ -233,7 +243,7 @@ def test_this_machine(tmp_path):
             machine_id = path.read_text().strip()
             break
     if platform.system() == "Linux" and machine_id is not None:
-        assert host.server_id == machine_id
+        assert host.server_id == app_specific_id(machine_id)
         assert not state.exists()
     else:
         assert host.server_id == state.read_text().strip()
@@ -241,3 +251,55 @@ def test_this_machine(tmp_path):
     assert host.os_type == os_type_of(platform.system())
     if host.os_type == "linux":
         assert host.boot_id == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def test_machine_id_is_hashed_like_sd_id128_get_machine_app_specific():
+    # systemd's algorithm, spelled out: HMAC-SHA256 keyed by the 16 id bytes over the app id,
+    # the first 16 bytes made a version-4 UUID.
+    digest = hmac.new(bytes.fromhex(MACHINE_ID), PROCFLEET_APP_ID.bytes, hashlib.sha256).digest()
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    assert app_specific_id(MACHINE_ID) == raw.hex() == HASHED_MACHINE_ID
+    assert len(HASHED_MACHINE_ID) == 32 and MACHINE_ID not in HASHED_MACHINE_ID
+    assert Host(server_id=HASHED_MACHINE_ID, hostname="h", os_type="linux")  # the contract's id
+    # dashes, braces and case do not change a 128-bit id
+    assert app_specific_id(str(uuid.UUID(MACHINE_ID)).upper()) == HASHED_MACHINE_ID
+    assert app_specific_id("{" + str(uuid.UUID(MACHINE_ID)) + "}") == HASHED_MACHINE_ID
+
+
+def test_the_hash_agrees_with_systemd_id128_on_this_host(tmp_path):
+    tool = shutil.which("systemd-id128")
+    machine_id = Path("/etc/machine-id")
+    if tool is None or not machine_id.exists() or not machine_id.read_text().strip():
+        pytest.skip("no systemd-id128 or no /etc/machine-id on this host (not a systemd host)")
+    expected = subprocess.run(
+        [tool, "machine-id", f"--app-specific={PROCFLEET_APP_ID.hex}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    host = collect_host(server_id=None, agent_version="0.1.0", state_file=tmp_path / "id")
+    assert host.server_id == expected != machine_id.read_text().strip()
+
+
+def test_machine_id_raw_keeps_the_old_ids(etc):
+    host = collect_host(server_id=None, agent_version="0.1.0", sources=sources(etc),
+                        server_id_source="machine-id-raw")
+    assert host.server_id == MACHINE_ID
+
+
+def test_configured_and_generated_ids_are_not_hashed(etc, tmp_path):
+    src = sources(etc, machine_id_paths=(etc / "missing",))
+    state = tmp_path / "server-id"
+    generated = collect_host(server_id=None, agent_version="0.1.0", state_file=state, sources=src)
+    assert generated.server_id == state.read_text().strip()
+    configured = collect_host(server_id="db-7", agent_version="0.1.0", sources=sources(etc))
+    assert configured.server_id == "db-7"
+
+
+def test_server_id_source_setting_is_validated_and_read_from_the_environment(tmp_path):
+    assert load_settings(None, {}).server_id_source == "machine-id"
+    env = {"PROCFLEET_SERVER_ID_SOURCE": "machine-id-raw"}
+    assert load_settings(None, env).server_id_source == "machine-id-raw"
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"PROCFLEET_SERVER_ID_SOURCE": "mac-address"})
+    assert (info.value.key, info.value.value) == ("PROCFLEET_SERVER_ID_SOURCE", "mac-address")

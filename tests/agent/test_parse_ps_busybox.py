@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.contract import ProcessSample
 from agent.parsers.ps import looks_like_ps, parse_ps
 from agent.parsers.ps_columns import kib_to_bytes
+from agent.rows import ProcessSample
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "ps"
 NEW_YORK = ZoneInfo("America/New_York")
@@ -91,7 +91,32 @@ def test_bad_sizes(text: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["busybox_default.txt", "busybox_o.txt", "busybox_nodesktop.txt", "busybox_long.txt"],
+    ["busybox_default.txt", "busybox_o.txt", "busybox_nodesktop.txt", "busybox_long.txt",
+     "busybox_o_times.txt"],
 )
 def test_busybox_fixtures_look_like_ps(name: str) -> None:
     assert looks_like_ps((FIXTURES / name).read_text())
+
+
+def test_every_time_form_of_busybox_format_time() -> None:
+    # procps/ps.c format_time: "%2u:%02u" below an hour, "%2uh%02u" below a day, "%2ud%02u"
+    # below 100 days, "%4lud" beyond; each is the lower bound of the CPU time it prints.
+    rows = parse_rows("busybox_o_times.txt")
+    assert {pid: p.cpu_seconds_total for pid, p in rows.items()} == {
+        1: 7.0,
+        10: 59 * 60 + 59.0,
+        20: 3600.0,
+        30: 23 * 3600 + 59 * 60.0,
+        40: 86400.0,
+        50: 99 * 86400 + 23 * 3600.0,
+        60: 100 * 86400.0,
+        70: 1234 * 86400.0,
+    }
+
+
+@pytest.mark.parametrize("text", ["1h60", "1h5", "3d24", "3d4", "h05", "1x05", "1h05m"])
+def test_bad_busybox_time_forms_are_rejected(text: str) -> None:
+    from agent.parsers.clock import parse_cpu_seconds
+
+    with pytest.raises(ValueError, match="bad CPU time"):
+        parse_cpu_seconds(text)

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.contract import ProcessSample
 from agent.parsers.ps import looks_like_ps, parse_ps
 from agent.parsers.result import ParseResult
+from agent.rows import ProcessSample
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "ps"
 NEW_YORK = ZoneInfo("America/New_York")

@@ -28,8 +28,8 @@ from agent.collectors.process_exporter import (
     parse_groups,
     scrape_groups,
 )
-from agent.contract import ProcessGroup
 from agent.errors import CollectError
+from agent.rows import ProcessGroup
 from procfleet.embedded import free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "process_exporter"

@@ -13,10 +13,11 @@ import httpx
 import pytest
 import respx
 
+from agent import contract
 from agent.config import AgentSettings
-from agent.contract import ProcessSample, Report
 from agent.errors import CollectError
 from agent.report import build_report, cap_processes, new_report_id
+from agent.rows import ProcessSample, Report
 
 EXPORTER = "http://exporter.test/metrics"
 EXPOSITION = """\
@@ -61,10 +62,15 @@ async def test_report_has_host_groups_processes_and_snapshots(tmp_path, http, ex
     (group,) = report.process_groups
     assert (group.name, group.num_procs, group.cpu_user_seconds_total) == ("postgres", 7, 1.234e6)
     assert len(report.processes) > 5  # this machine's real ps
-    assert {s.source for s in report.snapshots} == {"process_exporter", "ps"}
+    # this Linux machine's CPU times come from /proc in clock ticks, and the report says so
+    assert {s.source for s in report.snapshots} == {"process_exporter", "ps", "proc_stat"}
+    by_source = {s.source: s for s in report.snapshots}
+    assert 0 < by_source["proc_stat"].process_count <= by_source["ps"].process_count
     assert all(s.raw_output is None for s in report.snapshots)  # keep_raw_output off
     assert re.fullmatch(r"[0-9a-f]{32}", report.report_id)
-    Report.model_validate_json(report.model_dump_json())  # round-trips through the contract
+    # the light report's JSON is valid by the contract and reads back to the same values
+    checked = contract.Report.model_validate_json(report.model_dump_json())
+    assert checked.model_dump(mode="json") == report.model_dump(mode="json")
 
 
 async def test_unreachable_exporter_is_one_warning_and_the_report_still_goes_out(
@@ -74,7 +80,7 @@ async def test_unreachable_exporter_is_one_warning_and_the_report_still_goes_out
     with caplog.at_level(logging.WARNING, logger="agent.report"):
         report = await build_report(settings(tmp_path), http=http)
     assert report.process_groups == [] and report.processes
-    assert [s.source for s in report.snapshots] == ["ps"]
+    assert [s.source for s in report.snapshots] == ["ps", "proc_stat"]
     warnings = [r for r in caplog.records if r.name == "agent.report"]
     assert len(warnings) == 1 and "process_exporter unreachable" in warnings[0].msg
 

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agent.config import AgentSettings
-from agent.contract import Host, ProcessSample, Report
+from agent.rows import Host, ProcessSample, Report
 from agent.runner import Agent, _install_signal_handlers
 from agent.sender import Sender
 from agent.spool import Spool

@@ -210,3 +210,52 @@ async def test_another_site_cannot_frame_the_dashboard(dashboard):
     finally:
         await asyncio.to_thread(browser.quit)
         await attacker.close()
+
+
+@pytest_asyncio.fixture
+async def young_dashboard(redis_url, redis, migrated_database):
+    """A deployment two minutes old: one process group burning a core since its first sample."""
+    conn = await asyncpg.connect(migrated_database)
+    now = await conn.fetchval("SELECT now()")
+    first = now - timedelta(minutes=2)
+    await conn.execute(
+        "INSERT INTO process_group_samples (server_id, ts, name, num_procs, "
+        "cpu_user_seconds_total, cpu_system_seconds_total, memory_resident_bytes) "
+        "SELECT 'new-01', $1::timestamptz + i * interval '15 seconds', 'burner', 1, "
+        "15.0 * i, 0, 104857600 FROM generate_series(0, 8) AS i", first)
+    await conn.execute(
+        "INSERT INTO servers (server_id, hostname, os_type, agent_version, first_seen_at, "
+        "last_seen_at) VALUES ('new-01', 'new-01.example', 'linux', '0.1.0', $1, $2)",
+        first, now)
+    await conn.close()
+    _, token = await TokenStore(redis).create("read", "browser-test")
+    settings = GatewaySettings(redis_url=redis_url, database_url=migrated_database,
+                               token_refresh_s=0.2)
+    server = TestServer(create_app(settings))
+    await server.start_server()
+    yield server, token
+    await server.close()
+
+
+async def test_a_young_deployment_shows_its_minutes_not_an_empty_hour(young_dashboard):
+    server, token = young_dashboard
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser = await asyncio.to_thread(new_browser)
+    try:
+        await asyncio.to_thread(browser.get, str(server.make_url("/")) + f"#token={token}")
+        await asyncio.to_thread(wait_for, browser, "ready", "cpu:1")
+        (burner,) = shown_rows(browser)
+        assert burner["avg_cpu_percent"] > 50  # was ~3 % with the hour as the divisor
+        assert "data since" in browser.find_element(By.ID, "table-meta").text
+        WebDriverWait(browser, 10).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-svg path.series-line"))
+        line = browser.find_element(By.CSS_SELECTOR, "#chart-svg path.series-line")
+        first_x = float(line.get_attribute("d")[1:].split(",")[0])
+        width = float(browser.find_element(By.ID, "chart-svg").size["width"])
+        # the chart starts where the data starts: the line begins in its left part, not in
+        # the last few pixels of an hour of nothing
+        assert first_x < width / 3, (first_x, width)
+        await asyncio.to_thread(browser.save_screenshot,
+                                str(ARTIFACTS / "dashboard-young-deployment.png"))
+    finally:
+        await asyncio.to_thread(browser.quit)

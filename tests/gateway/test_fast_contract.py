@@ -38,7 +38,9 @@ def body_of(doc: Any) -> bytes:
 
 def full_doc() -> dict[str, Any]:
     doc = report_doc(processes=2, groups=2, snapshots=[
-        {"source": "ps", "sha256": "a" * 64, "process_count": 2, "raw_output": "PID CMD\n"}])
+        {"source": "ps", "sha256": "a" * 64, "process_count": 2, "raw_output": "PID CMD\n"},
+        # the processes' CPU time came from /proc/<pid>/stat in clock ticks
+        {"source": "proc_stat", "sha256": "c" * 64, "process_count": 2}])
     doc["host"]["boot_id"] = "b-1"
     doc["processes"][0].update(tty="pts/0", session_name="Console", session_id=1)
     doc["process_groups"][0].update(

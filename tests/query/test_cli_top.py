@@ -136,4 +136,7 @@ async def test_against_a_running_gateway(query_gateway, db):
     assert code == 0, err.getvalue()
     doc = json.loads(out.getvalue())
     assert doc["processes"][0]["name"] == "nginx"
-    assert doc["time_range_hours"] >= 48
+    # 48 hours asked, but the deployment's data starts at its first sample, ~26 hours ago
+    first = base - timedelta(minutes=5)
+    assert doc["from"] == first.isoformat().replace("+00:00", "Z")
+    assert 26 < doc["time_range_hours"] < 48

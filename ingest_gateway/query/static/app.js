@@ -297,7 +297,10 @@
       state.top = top;
       $("token-card").hidden = true;
       $("content").hidden = false;
-      $("table-meta").textContent = `${rangeLabel(state.hours)} · ${top.source}`;
+      // A young deployment: the window starts at its first sample, and the label says so.
+      const since = top.time_range_hours < state.hours - 1 / 60
+        ? ` (data since ${clock(new Date(top.from))})` : "";
+      $("table-meta").textContent = `${rangeLabel(state.hours)}${since} · ${top.source}`;
       if (!top.processes.length) {
         showState("table-state", "empty", "No samples in this window for these servers.");
         $("top-table").hidden = true;
