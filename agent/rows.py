@@ -33,6 +33,7 @@ from agent.contract_spec import (  # noqa: F401 (re-exported: the bounds the col
     REQUIRED,
     SPEC,
 )
+from agent.errors import ProcfleetError
 
 Check = Callable[[Any], Any]
 
@@ -47,8 +48,9 @@ def replace_nul(text: str) -> str:
     return text.replace("\x00", NUL_REPLACEMENT) if "\x00" in text else text
 
 
-class RowInvalid(ValueError):
-    """A value outside the contract: ``field`` (dotted path), the ``value`` and the reason."""
+class RowInvalid(ProcfleetError, ValueError):
+    """A value outside the contract: ``field`` (dotted path), the ``value`` and the reason (a
+    ``ValueError`` too, as pydantic's own validation errors are)."""
 
     def __init__(self, field: str, value: Any, reason: str) -> None:
         self.field, self.value, self.reason = field, value, reason
