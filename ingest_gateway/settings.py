@@ -29,6 +29,8 @@ class GatewaySettings:
     retry_after_s: int = 5
     wait_aof: bool = False
     wait_aof_timeout_ms: int = 1_000
+    wait_replicas: int = 0  # WAIT for this many replicas before a 2xx (0: do not wait)
+    wait_replicas_timeout_ms: int = 1_000  # then 503 + Retry-After
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     rate_limit_per_s: float = 500.0  # per token; 0 turns the limit off
@@ -49,12 +51,13 @@ class GatewaySettings:
         _check(self.shards >= 1 and self.shards <= stream.MAX_SHARDS, "shards", self.shards,
                f"must be between 1 and {stream.MAX_SHARDS}")
         for name in ("max_body_bytes", "backlog_high_water", "retry_after_s",
-                     "wait_aof_timeout_ms", "rate_limit_burst", "dedupe_ttl_s",
-                     "retention_days", "max_raw_output_bytes", "redis_pool_size"):
+                     "wait_aof_timeout_ms", "wait_replicas_timeout_ms", "rate_limit_burst",
+                     "dedupe_ttl_s", "retention_days", "max_raw_output_bytes", "redis_pool_size"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("backlog_refresh_s", "redis_timeout_s", "token_refresh_s",
                      "shutdown_timeout_s", "max_future_s", "redis_startup_wait_s"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+        _check(self.wait_replicas >= 0, "wait_replicas", self.wait_replicas, "must be >= 0")
         _check(self.rate_limit_per_s >= 0, "rate_limit_per_s", self.rate_limit_per_s,
                "must be >= 0 (0 turns the limit off)")
         _check((self.tls_cert_file is None) == (self.tls_key_file is None), "tls_cert_file",
@@ -89,6 +92,8 @@ ENV_NAMES: dict[str, str] = {
     "retry_after_s": "PROCFLEET_RETRY_AFTER_S",
     "wait_aof": "PROCFLEET_WAIT_AOF",
     "wait_aof_timeout_ms": "PROCFLEET_WAIT_AOF_TIMEOUT_MS",
+    "wait_replicas": "PROCFLEET_WAIT_REPLICAS",
+    "wait_replicas_timeout_ms": "PROCFLEET_WAIT_REPLICAS_TIMEOUT_MS",
     "tls_cert_file": "PROCFLEET_TLS_CERT",
     "tls_key_file": "PROCFLEET_TLS_KEY",
     "rate_limit_per_s": "PROCFLEET_RATE_LIMIT_PER_S",
