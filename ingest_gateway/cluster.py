@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
 from agent.errors import ConfigError
@@ -41,6 +41,30 @@ async def is_cluster(redis: Redis) -> bool:
     """True when the server ``redis`` talks to is a node of a cluster (``cluster_enabled:1``)."""
     info = await redis.info("cluster")
     return str(info.get("cluster_enabled", "0")) == "1"
+
+
+async def open_client(url: str, timeout_s: float) -> Redis | RedisCluster:
+    """A RESP2 client for ``url``: a ``Redis`` on a single server, a ``RedisCluster`` (which
+    learns every node, the URL's credentials going to each) when the URL names a cluster
+    node. For the commands that name one key each: tokens, the shard count, groups."""
+    seed = Redis.from_url(url, protocol=2, socket_timeout=timeout_s,
+                          socket_connect_timeout=timeout_s)
+    try:
+        clustered = await is_cluster(seed)
+    except BaseException:
+        await seed.aclose()
+        raise
+    if not clustered:
+        return seed
+    await seed.aclose()
+    client = RedisCluster.from_url(url, protocol=2, socket_timeout=timeout_s,
+                                   socket_connect_timeout=timeout_s)
+    try:
+        await client.initialize()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
 
 
 def slot_of(key: str | bytes) -> int:
