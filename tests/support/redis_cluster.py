@@ -259,6 +259,12 @@ class LocalCluster:
         node.proc = None
         return node
 
+    def restart(self, node: ClusterNode) -> None:
+        """Start a killed node again (same port, AOF and nodes.conf): a master that was
+        replaced rejoins as a replica of its successor."""
+        self._spawn(server_binary(self.engine), node)
+        self._wait_ping(node)
+
     def wait_promoted(self, key: str, dead: ClusterNode, timeout_s: float = 30.0) -> ClusterNode:
         """Wait until a live node other than ``dead`` serves ``key``'s slot."""
         self.wait(lambda: self.master_of(key) is not dead and self.master_of(key).alive,
