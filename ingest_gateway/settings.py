@@ -46,6 +46,8 @@ class GatewaySettings:
     shutdown_timeout_s: float = 30.0
     # Query API only (routes_query): the pool is created lazily, so ingest runs without it.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # Where the query API reads (e.g. a streaming replica); None: database_url.
+    query_database_url: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.shards >= 1 and self.shards <= stream.MAX_SHARDS, "shards", self.shards,
@@ -80,7 +82,13 @@ class GatewaySettings:
     def masked(self) -> dict[str, Any]:
         """The settings for the startup log line, with the Redis password hidden."""
         return {**asdict(self), "redis_url": mask_url(self.redis_url),
-                "database_url": mask_url(self.database_url)}
+                "database_url": mask_url(self.database_url),
+                "query_database_url": mask_url(self.effective_query_database_url)}
+
+    @property
+    def effective_query_database_url(self) -> str:
+        """The query API's database: ``PROCFLEET_QUERY_DATABASE_URL``, else ``DATABASE_URL``."""
+        return self.query_database_url or self.database_url
 
 
 ENV_NAMES: dict[str, str] = {
@@ -108,6 +116,7 @@ ENV_NAMES: dict[str, str] = {
     "token_refresh_s": "PROCFLEET_TOKEN_REFRESH_S",
     "shutdown_timeout_s": "PROCFLEET_SHUTDOWN_TIMEOUT_S",
     "database_url": "DATABASE_URL",
+    "query_database_url": "PROCFLEET_QUERY_DATABASE_URL",
 }
 
 
