@@ -25,7 +25,7 @@ from collections.abc import Callable
 from ingest_gateway import stream
 from ingest_gateway.cluster import ClusterRouter, parse_redirect, roundtrip_on, slot_of
 from ingest_gateway.durability import AofBarrier
-from ingest_gateway.enqueue import EnqueueResult, _error_kind, xadd_prefix
+from ingest_gateway.enqueue import EnqueueResult, _error_kind, frame_xadds, xadd_prefix
 from ingest_gateway.errors import Unavailable
 from ingest_gateway.messages import ReportMessages
 from ingest_gateway.resp import ReplyError, pack_command
@@ -71,23 +71,27 @@ class ClusterEnqueuer:
         """All messages of one report, or an ``Unavailable`` error."""
         seen_key = stream.report_seen_key(messages.report_id)
         seen_slot = slot_of(seen_key)
-        prefix = self._prefixes[messages.shard]
-        commands = [b"%s$%d\r\n%s\r\n" % (prefix, len(data), data)
-                    for data in messages.payloads]
+        prefix, payloads = self._prefixes[messages.shard], messages.payloads
+
+        def xadd(i: int) -> bytes:  # one command again, only for a redirection
+            return b"%s$%d\r\n%s\r\n" % (prefix, len(payloads[i]), payloads[i])
+
+        exists = pack_command("EXISTS", seen_key)
         try:
             async with asyncio.timeout(self.timeout_s):
-                (seen,) = await self._send(seen_slot, [pack_command("EXISTS", seen_key)])
+                (seen,) = await self._send(seen_slot, exists, 1, lambda i: exists)
                 if isinstance(seen, Exception):
                     raise self._unavailable(f"Redis refused EXISTS: {seen}", _error_kind(seen))
                 if seen:
                     return EnqueueResult(duplicate=True)
-                replies = await self._send(self._slots[messages.shard], commands)
+                replies = await self._send(self._slots[messages.shard],
+                                           frame_xadds(prefix, payloads), len(payloads), xadd)
             failed = [r for r in replies if isinstance(r, Exception)]
             if failed:
                 log.warning("report partially enqueued", extra={"kv": {
                     "report_id": messages.report_id, "failed": len(failed),
-                    "of": len(commands), "error": str(failed[0])}})
-                raise self._unavailable(f"Redis refused {len(failed)} of {len(commands)} "
+                    "of": len(payloads), "error": str(failed[0])}})
+                raise self._unavailable(f"Redis refused {len(failed)} of {len(payloads)} "
                                         f"commands: {failed[0]}", _error_kind(failed[0]))
             if self.barriers is not None:
                 await self.barriers[messages.shard].wait()
@@ -102,19 +106,22 @@ class ClusterEnqueuer:
         return EnqueueResult(duplicate=False, messages=len(messages.payloads),
                              payload_bytes=messages.payload_bytes)
 
-    async def _send(self, slot: int, commands: list[bytes]) -> list:
-        """Send ``commands`` (all of one slot) to the slot's master, following redirections;
-        returns one reply per command (an error reply is a ``ReplyError`` in the list)."""
-        replies: list = [None] * len(commands)
-        pending = list(range(len(commands)))
+    async def _send(self, slot: int, data: bytes, n: int,
+                    command_at: Callable[[int], bytes]) -> list:
+        """Send ``data`` (``n`` commands, all of one slot) to the slot's master, following
+        redirections (``command_at(i)`` re-frames command ``i`` alone); returns one reply per
+        command (an error reply is a ``ReplyError`` in the list)."""
+        replies: list = [None] * n
+        pending = list(range(n))
         address, asking = self.router.owner(slot), False
-        for _ in range(MAX_REDIRECTS + 1):
+        for attempt in range(MAX_REDIRECTS + 1):
             if asking:
-                data = b"".join(ASKING + commands[i] for i in pending)
+                data = b"".join(ASKING + command_at(i) for i in pending)
                 got = (await roundtrip_on(self.router.pool(address), data, 2 * len(pending),
                                           self.timeout_s))[1::2]
             else:
-                data = b"".join(commands[i] for i in pending)
+                if attempt:
+                    data = b"".join(command_at(i) for i in pending)
                 got = await roundtrip_on(self.router.pool(address), data, len(pending),
                                          self.timeout_s)
             redirected, redirect = [], None
