@@ -4,9 +4,10 @@
                                   [--rounds 3] [--shards 12] [--engines valkey,redis]
 
 Servers (all started here, AOF on, ``appendfsync everysec``): one Valkey (the single-node
-path, ``enqueue.Enqueuer``), and per engine a cluster of 3 masters + 3 replicas on loopback
-(``tests/support/redis_cluster.py``; ``cluster_enqueue.ClusterEnqueuer``), measured without
-and with ``WAIT 1`` (``PROCFLEET_WAIT_REPLICAS=1``, group commit per shard). Every path gets
+path, ``enqueue.Enqueuer``), and per engine a cluster of 3 masters without replicas and one of
+3 masters + 3 replicas on loopback (``tests/support/redis_cluster.py``;
+``cluster_enqueue.ClusterEnqueuer``), the latter without and with ``WAIT 1``
+(``PROCFLEET_WAIT_REPLICAS=1``, group commit per shard). Every path gets
 the same validated reports (300 processes + 1 host message each, hosts spread over
 ``--shards`` shards), runs are interleaved round by round, the best of ``--rounds`` is kept.
 
@@ -124,15 +125,17 @@ async def main(args: argparse.Namespace) -> None:
             pool, shards=args.shards, dedupe_ttl_s=60, timeout_s=10, retry_after_s=1),
             [(single.port, None)], []))
         for engine in args.engines.split(","):
-            cluster = LocalCluster(engine, base / engine, password="bench").start()
-            clusters.append(cluster)
-            for wait in (0, 1):
-                target, router = cluster_target(
-                    f"{engine} cluster 3+3" + (" WAIT 1" if wait else ""), cluster,
-                    args.shards, args.concurrency, wait)
-                await router.refresh()
-                targets.append(target)
-                routers.append(router)
+            for replicas in (0, 1):
+                cluster = LocalCluster(engine, base / f"{engine}-{replicas}", password="bench",
+                                       replicas=replicas).start()
+                clusters.append(cluster)
+                for wait in range(replicas + 1):
+                    target, router = cluster_target(
+                        f"{engine} cluster 3+{3 * replicas}" + (" WAIT 1" if wait else ""),
+                        cluster, args.shards, args.concurrency, wait)
+                    await router.refresh()
+                    targets.append(target)
+                    routers.append(router)
         spread = {}
         for cluster in clusters[:1]:
             for shard in range(args.shards):
