@@ -133,9 +133,11 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             if not state.wait_aof:
                 log.warning("wait_aof requested but unavailable: answering once messages are "
                             "in memory", extra={"kv": {"reason": why_not}})
+        # WAITAOF 1 N covers both waits in one: give it the longer of the two timeouts.
         barrier_options = dict(
-            wait_aof_timeout_ms=(settings.wait_replicas_timeout_ms if settings.wait_replicas
-                                 and not state.wait_aof else settings.wait_aof_timeout_ms),
+            wait_aof_timeout_ms=max(
+                settings.wait_aof_timeout_ms if state.wait_aof else 0,
+                settings.wait_replicas_timeout_ms if settings.wait_replicas else 0),
             timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
             wait_aof=state.wait_aof, replicas=settings.wait_replicas)
         if state.clustered:
