@@ -105,8 +105,43 @@ async def _connect(settings: GatewaySettings) -> tuple[Redis, bool, ConnectParam
     return client, True, params
 
 
-def _wants_barrier(settings: GatewaySettings, state: GatewayState) -> bool:
-    return state.wait_aof or settings.wait_replicas > 0
+async def _enqueue_path(settings: GatewaySettings, state: GatewayState,
+                        params: ConnectParams) -> None:
+    """The fast path's pools, enqueuer and durability barrier(s), on one server or a cluster."""
+    # WAITAOF 1 N covers both waits in one: give it the longer of the two timeouts.
+    barrier_options = dict(
+        wait_aof_timeout_ms=max(
+            settings.wait_aof_timeout_ms if state.wait_aof else 0,
+            settings.wait_replicas_timeout_ms if settings.wait_replicas else 0),
+        timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
+        wait_aof=state.wait_aof, replicas=settings.wait_replicas)
+    wants_barrier = state.wait_aof or settings.wait_replicas > 0
+    if state.clustered:
+        router = state.router = ClusterRouter(
+            params, pool_size=settings.redis_pool_size, timeout_s=settings.redis_timeout_s)
+        await router.refresh()
+
+        def shard_barrier(shard: int) -> AofBarrier:
+            key = barrier_key(shard)
+            slot = ClusterRouter.slot_of_key(key)
+            return AofBarrier(lambda: router.pool_for_slot(slot), key=key,
+                              on_failure=router.note_failure, **barrier_options)
+
+        state.enqueuer = ClusterEnqueuer(
+            router, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
+            timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
+            barrier=shard_barrier if wants_barrier else None,
+        )
+        return
+    state.pool = RespPool(params, size=settings.redis_pool_size,
+                          timeout_s=settings.redis_timeout_s)
+    if wants_barrier:
+        state.barrier = AofBarrier(state.pool, **barrier_options)
+    state.enqueuer = Enqueuer(
+        state.pool, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
+        timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
+        barrier=state.barrier,
+    )
 
 
 async def _clients(app: web.Application) -> AsyncIterator[None]:
@@ -133,39 +168,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             if not state.wait_aof:
                 log.warning("wait_aof requested but unavailable: answering once messages are "
                             "in memory", extra={"kv": {"reason": why_not}})
-        # WAITAOF 1 N covers both waits in one: give it the longer of the two timeouts.
-        barrier_options = dict(
-            wait_aof_timeout_ms=max(
-                settings.wait_aof_timeout_ms if state.wait_aof else 0,
-                settings.wait_replicas_timeout_ms if settings.wait_replicas else 0),
-            timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
-            wait_aof=state.wait_aof, replicas=settings.wait_replicas)
-        if state.clustered:
-            router = state.router = ClusterRouter(
-                params, pool_size=settings.redis_pool_size, timeout_s=settings.redis_timeout_s)
-            await router.refresh()
-
-            def shard_barrier(shard: int) -> AofBarrier:
-                key = barrier_key(shard)
-                slot = ClusterRouter.slot_of_key(key)
-                return AofBarrier(lambda: router.pool_for_slot(slot), key=key,
-                                  on_failure=router.note_failure, **barrier_options)
-
-            state.enqueuer = ClusterEnqueuer(
-                router, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
-                timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
-                barrier=shard_barrier if _wants_barrier(settings, state) else None,
-            )
-        else:
-            state.pool = RespPool(params, size=settings.redis_pool_size,
-                                  timeout_s=settings.redis_timeout_s)
-            if _wants_barrier(settings, state):
-                state.barrier = AofBarrier(state.pool, **barrier_options)
-            state.enqueuer = Enqueuer(
-                state.pool, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
-                timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
-                barrier=state.barrier,
-            )
+        await _enqueue_path(settings, state, params)
         state.tokens = TokenCache(TokenStore(redis))
         await state.tokens.refresh()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)

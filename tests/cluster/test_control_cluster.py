@@ -22,7 +22,8 @@ async def test_readyz_on_a_cluster(clean_cluster, make_gateway):
     client, _app, _token = await make_gateway(clean_cluster.url(), shards=SHARDS)
     resp = await client.get("/readyz")
     assert resp.status == 200
-    assert (await resp.json())["shards"] == SHARDS
+    body = await resp.json()
+    assert (body["shards"], body["cluster"], body["wait_replicas"]) == (SHARDS, True, 0)
 
 
 async def test_backlog_over_high_water_is_503_on_a_cluster(clean_cluster, make_gateway):
