@@ -36,12 +36,12 @@ import redis as sync_redis  # noqa: E402
 
 from bench.bench_enqueue import make_report, run_concurrently  # noqa: E402
 from ingest_gateway import stream  # noqa: E402
-from ingest_gateway.cluster import ClusterRouter  # noqa: E402
-from ingest_gateway.cluster_enqueue import ClusterEnqueuer, barrier_key  # noqa: E402
-from ingest_gateway.durability import AofBarrier  # noqa: E402
-from ingest_gateway.enqueue import Enqueuer  # noqa: E402
-from ingest_gateway.messages import report_messages  # noqa: E402
-from ingest_gateway.resp import ConnectParams, RespPool  # noqa: E402
+from ingest_gateway.ingest.cluster import ClusterRouter  # noqa: E402
+from ingest_gateway.ingest.cluster_enqueue import ClusterEnqueuer, barrier_key  # noqa: E402
+from ingest_gateway.ingest.durability import AofBarrier  # noqa: E402
+from ingest_gateway.ingest.enqueue import Enqueuer  # noqa: E402
+from ingest_gateway.ingest.messages import report_messages  # noqa: E402
+from ingest_gateway.ingest.resp import ConnectParams, RespPool  # noqa: E402
 from procfleet.embedded import EmbeddedValkey  # noqa: E402
 from tests.support.redis_cluster import LocalCluster, key_slot  # noqa: E402
 

@@ -61,7 +61,7 @@ from bench.fleet_report import Run, print_results  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from ingest_gateway import stream  # noqa: E402
 from ingest_gateway.auth import TokenStore  # noqa: E402
-from ingest_gateway.cluster import open_client  # noqa: E402
+from ingest_gateway.ingest.cluster import open_client  # noqa: E402
 from migrations.runner import migrate  # noqa: E402
 from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
 from procfleet.stack import Child  # noqa: E402

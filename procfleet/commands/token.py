@@ -35,7 +35,7 @@ async def _run(args: argparse.Namespace, redis_url: str) -> int:
     import orjson
 
     from ingest_gateway.auth import TokenStore
-    from ingest_gateway.cluster import open_client
+    from ingest_gateway.ingest.cluster import open_client
 
     redis = await open_client(redis_url, 5)  # a cluster node's URL gives a cluster client
     try:

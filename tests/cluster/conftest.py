@@ -69,9 +69,9 @@ def own_cluster(request):
 
 
 @pytest_asyncio.fixture
-async def make_gateway():
-    """Factory: ``await make_gateway(url, shards=4, ...)`` starts a gateway on ``url`` (any
-    cluster node) with one ingest token; returns ``(client, app, token)``."""
+async def make_cluster_gateway():
+    """Factory: ``await make_cluster_gateway(url, shards=4, ...)`` starts a gateway on ``url``
+    (any cluster node) with one ingest token; returns ``(client, app, token)``."""
     started: list[TestClient] = []
 
     async def make(url: str, **overrides: Any) -> tuple[TestClient, web.Application, str]:

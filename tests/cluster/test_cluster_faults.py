@@ -24,8 +24,9 @@ from redis.asyncio import RedisCluster
 from bench.fleet_load import Fleet
 from ingest_gateway import stream
 from tests.e2e.checks import pending_of
-from tests.e2e.harness import SHARDS, Stack, wait_until
+from tests.e2e.harness import SHARDS, Stack
 from tests.e2e.test_faults import under_load
+from tests.support.polling import wait_until
 from tests.support.redis_cluster import LocalCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]

@@ -12,9 +12,9 @@ from redis.asyncio import RedisCluster
 
 from ingest_gateway import stream
 from ingest_gateway.app_state import STATE
-from ingest_gateway.cluster_enqueue import ClusterEnqueuer
-from tests.gateway.gateway_helpers import report_doc
+from ingest_gateway.ingest.cluster_enqueue import ClusterEnqueuer
 from tests.support.redis_cluster import LocalCluster
+from tests.support.reports import report_doc
 
 pytestmark = pytest.mark.integration
 SHARDS = 4
@@ -40,9 +40,9 @@ def stream_len(cluster: LocalCluster, shard: int) -> int:
 
 
 @pytest.mark.parametrize("path", ["/0", ""])
-async def test_cluster_found_from_any_node_url(clean_cluster, make_gateway, path):
+async def test_cluster_found_from_any_node_url(clean_cluster, make_cluster_gateway, path):
     replica = clean_cluster.nodes[-1]  # a replica: the gateway learns the masters from it
-    client, app, token = await make_gateway(clean_cluster.url(replica, path), shards=SHARDS)
+    client, app, token = await make_cluster_gateway(clean_cluster.url(replica, path), shards=SHARDS)
     state = app[STATE]
     assert state.clustered is True
     assert isinstance(state.enqueuer, ClusterEnqueuer)
@@ -56,8 +56,8 @@ async def test_cluster_found_from_any_node_url(clean_cluster, make_gateway, path
 
 
 async def test_shards_spread_over_masters_and_keys_keep_their_names(clean_cluster,
-                                                                    make_gateway):
-    client, _app, token = await make_gateway(clean_cluster.url(), shards=8)
+                                                                    make_cluster_gateway):
+    client, _app, token = await make_cluster_gateway(clean_cluster.url(), shards=8)
     masters = {clean_cluster.master_of(stream.sample_stream(s)).port for s in range(8)}
     assert len(masters) == 3  # crc16 of {0}..{7} falls on every third of the slots
     status, body, _ = await post(client, token, report_doc(server_id="web-01"))
@@ -72,8 +72,8 @@ async def test_shards_spread_over_masters_and_keys_keep_their_names(clean_cluste
         assert [g["name"] for g in groups] == [stream.GROUP.encode()]
 
 
-async def test_duplicate_report_is_answered_200_on_a_cluster(clean_cluster, make_gateway):
-    client, _app, token = await make_gateway(clean_cluster.url(), shards=SHARDS)
+async def test_duplicate_report_is_answered_200_on_a_cluster(clean_cluster, make_cluster_gateway):
+    client, _app, token = await make_cluster_gateway(clean_cluster.url(), shards=SHARDS)
     doc = report_doc(server_id=server_in_shard(1))
     assert (await post(client, token, doc))[0] == 202
     status, body, _ = await post(client, token, doc)
@@ -81,8 +81,8 @@ async def test_duplicate_report_is_answered_200_on_a_cluster(clean_cluster, make
     assert stream_len(clean_cluster, 1) == 5  # 1 host + 1 group + 3 processes, once
 
 
-async def test_moved_slot_is_followed_and_the_map_refreshed(clean_cluster, make_gateway):
-    client, app, token = await make_gateway(clean_cluster.url(), shards=SHARDS)
+async def test_moved_slot_is_followed_and_the_map_refreshed(clean_cluster, make_cluster_gateway):
+    client, app, token = await make_cluster_gateway(clean_cluster.url(), shards=SHARDS)
     key = stream.sample_stream(2)
     assert (await post(client, token, report_doc(server_id=server_in_shard(2))))[0] == 202
     source = clean_cluster.master_of(key)
@@ -101,8 +101,8 @@ async def test_moved_slot_is_followed_and_the_map_refreshed(clean_cluster, make_
     await asyncio.to_thread(clean_cluster.migrate_slot_of, key, source)  # put it back
 
 
-async def test_ask_during_migration_is_followed(clean_cluster, make_gateway):
-    client, _app, token = await make_gateway(clean_cluster.url(), shards=SHARDS)
+async def test_ask_during_migration_is_followed(clean_cluster, make_cluster_gateway):
+    client, _app, token = await make_cluster_gateway(clean_cluster.url(), shards=SHARDS)
     key = stream.sample_stream(3)
     assert (await post(client, token, report_doc(server_id=server_in_shard(3))))[0] == 202
     source = clean_cluster.master_of(key)
@@ -125,10 +125,10 @@ async def test_ask_during_migration_is_followed(clean_cluster, make_gateway):
     await asyncio.to_thread(clean_cluster.migrate_slot_of, key, source)
 
 
-async def test_gateway_survives_its_seed_master_dying(own_cluster, make_gateway):
+async def test_gateway_survives_its_seed_master_dying(own_cluster, make_cluster_gateway):
     seed = own_cluster.nodes[0]
-    client, _app, token = await make_gateway(own_cluster.url(seed), shards=SHARDS,
-                                             redis_timeout_s=1.0)
+    client, _app, token = await make_cluster_gateway(own_cluster.url(seed), shards=SHARDS,
+                                                     redis_timeout_s=1.0)
     shard = next(s for s in range(SHARDS)
                  if own_cluster.master_of(stream.sample_stream(s)) is seed)
     assert (await post(client, token, report_doc(server_id=server_in_shard(shard))))[0] == 202

@@ -14,7 +14,7 @@ from digest_worker.cluster_streams import ClusterGroupConsumer
 from digest_worker.settings import WorkerSettings
 from digest_worker.worker import Worker
 from ingest_gateway import stream
-from tests.worker.conftest import SHARDS, expected_counts, produce, report_messages, table_counts
+from tests.support.worker import SHARDS, expected_counts, produce, report_messages, table_counts
 
 pytestmark = pytest.mark.integration
 NOW = datetime.now(UTC).timestamp()

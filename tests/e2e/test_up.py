@@ -18,7 +18,8 @@ import orjson
 import pytest
 
 from procfleet.embedded import free_port, port_is_taken
-from tests.e2e.harness import REPO, wait_until
+from tests.e2e.harness import REPO
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hiredis
 
-from ingest_gateway.cluster import parse_redirect, parse_slots, slot_of
+from ingest_gateway.ingest.cluster import parse_redirect, parse_slots, slot_of
 
 
 def test_moved_and_ask_name_the_slot_and_the_node():

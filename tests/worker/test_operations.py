@@ -16,14 +16,14 @@ import pytest
 from digest_worker.worker import Worker
 from ingest_gateway import stream
 from procfleet.embedded import free_port
-from tests.worker.conftest import (
+from tests.support.polling import wait_until
+from tests.support.worker import (
     SHARDS,
     expected_counts,
     produce,
     report_messages,
     stream_state,
     table_counts,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,7 @@ async def test_metrics_endpoint_counts_rows_duplicates_dead_letters_and_lag(redi
     worker = Worker(settings.with_overrides(burst=False, metrics_port=port))
     task = asyncio.create_task(worker.run())
     try:
-        await wait_for(lambda: _rows(worker, len(messages) + 4))
+        await wait_until(lambda: _rows(worker, len(messages) + 4))
         await worker.report()  # what the summary interval does
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text

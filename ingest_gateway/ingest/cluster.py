@@ -23,7 +23,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
 from agent.errors import ConfigError
-from ingest_gateway.resp import (
+from ingest_gateway.ingest.resp import (
     ConnectParams,
     RespConnection,
     RespConnectionError,

@@ -23,12 +23,12 @@ import logging
 from collections.abc import Callable
 
 from ingest_gateway import stream
-from ingest_gateway.cluster import ClusterRouter, parse_redirect, roundtrip_on, slot_of
-from ingest_gateway.durability import AofBarrier
-from ingest_gateway.enqueue import EnqueueResult, _error_kind, frame_xadds, xadd_prefix
 from ingest_gateway.errors import Unavailable
-from ingest_gateway.messages import ReportMessages
-from ingest_gateway.resp import ReplyError, pack_command
+from ingest_gateway.ingest.cluster import ClusterRouter, parse_redirect, roundtrip_on, slot_of
+from ingest_gateway.ingest.durability import AofBarrier
+from ingest_gateway.ingest.enqueue import EnqueueResult, _error_kind, frame_xadds, xadd_prefix
+from ingest_gateway.ingest.messages import ReportMessages
+from ingest_gateway.ingest.resp import ReplyError, pack_command
 
 log = logging.getLogger(__name__)
 

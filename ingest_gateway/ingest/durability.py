@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from ingest_gateway import stream
 from ingest_gateway.errors import Unavailable
-from ingest_gateway.resp import RespPool, pack_command
+from ingest_gateway.ingest.resp import RespPool, pack_command
 
 log = logging.getLogger(__name__)
 
