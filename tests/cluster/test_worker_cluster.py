@@ -77,7 +77,7 @@ async def test_poison_goes_to_the_shards_dead_letter_stream_on_a_cluster(
     assert await table_counts(cluster_settings.database_url) == expected_counts(good)
     [(_id, fields)] = await cluster_redis.xrange(stream.dead_letter_stream(shard))
     assert fields[b"original_id"] == bad
-    assert "unsupported schema version" in fields[b"reason"].decode()
+    assert fields[b"reason"].decode().startswith("cannot decode: ")
     assert await cluster_stream_state(cluster_redis) == {"length": 0, "pending": 0}
 
 

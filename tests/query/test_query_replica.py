@@ -47,7 +47,7 @@ def primary_and_replica(own_postgres, tmp_path_factory):
 
 
 async def test_query_api_reads_the_replica_and_reports_its_lag(primary_and_replica,
-                                                               make_query_gateway):
+                                                               make_gateway):
     primary, replica = primary_and_replica
     await migrate(primary.url)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -63,7 +63,7 @@ async def test_query_api_reads_the_replica_and_reports_its_lag(primary_and_repli
     await wait_caught_up(primary.url, replica.url)
 
     # DATABASE_URL names the primary (workers write there); queries go to the replica.
-    gateway = await make_query_gateway(primary.url, query_database_url=replica.url)
+    gateway = await make_gateway(database_url=primary.url, query_database_url=replica.url)
     servers = await gateway.get_json("/api/servers")
     assert [(s["server_id"]) for s in servers["servers"]] == [r["server_id"] for r in expected]
     snapshot = await gateway.get_json("/api/servers/web-01/processes")
@@ -105,8 +105,8 @@ async def test_query_api_reads_the_replica_and_reports_its_lag(primary_and_repli
     assert (await gateway.get_json("/api/database"))["lag_s"] == 0.0
 
 
-async def test_query_database_url_defaults_to_database_url(make_query_gateway, database_url):
-    gateway = await make_query_gateway(database_url)
+async def test_query_database_url_defaults_to_database_url(make_gateway, database_url):
+    gateway = await make_gateway(database_url=database_url)
     status = await gateway.get_json("/api/database")
     assert status == {"role": "primary", "lag_s": 0.0, "streaming": None, "receive_lsn": None,
                       "replay_lsn": None}
