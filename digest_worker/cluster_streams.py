@@ -11,7 +11,8 @@ On a cluster no command may name keys of two slots, and every shard is its own s
   under load a read always returns entries, so the wait only costs an idle worker a few round
   trips a second;
 - settling: one ``MULTI`` per shard (dead letters, ``XACK``, the trim script: keys of one
-  slot), the shards in parallel, then one pipelined ``XLEN`` per shard.
+  slot), the shards in parallel, then one pipelined ``XLEN`` per shard. A retry after some
+  shards failed settles only the others, so no entry is dead-lettered twice.
 
 Claims (``XAUTOCLAIM``), ``XPENDING`` and ``XCLAIM`` name one stream each and work unchanged.
 """
@@ -38,6 +39,9 @@ class ClusterGroupConsumer(GroupConsumer):
                  poll_interval_ms: int = POLL_INTERVAL_MS) -> None:
         super().__init__(commands, commands, consumer, shards, dead_letter_maxlen)
         self.poll_interval_ms = poll_interval_ms
+        # Shards already settled of a batch whose settle failed part-way, by the id of its
+        # first entry (alive, so not reused, until the batch is settled and this is dropped).
+        self._settled: dict[int, set[int]] = {}
 
     async def read(self, count: int, block_ms: int | None) -> list[Entry]:
         """New entries (``>``) from every shard; polls up to ``block_ms`` (None: once)."""
@@ -64,15 +68,28 @@ class ClusterGroupConsumer(GroupConsumer):
         return await self.fill_deliveries(entries)
 
     async def settle(self, entries: list[Entry], dead: list[tuple[Entry, str]]) -> int:
-        """``GroupConsumer.settle`` with one transaction per shard. A retry after a partial
-        failure acknowledges again (harmless) and may dead-letter an entry twice."""
+        """``GroupConsumer.settle`` with one transaction per shard; called again with the same
+        batch after a failure, it settles only the shards that failed."""
         by_shard = _ids_by_shard(entries)
         dead_by_shard: dict[int, list[tuple[Entry, str]]] = {}
         for entry, reason in dead:
             dead_by_shard.setdefault(entry.shard, []).append((entry, reason))
-        await asyncio.gather(*(
-            self._settle_shard(shard, ids, dead_by_shard.get(shard, []))
-            for shard, ids in by_shard.items()))
+        batch_key = id(entries[0]) if entries else 0
+        done = self._settled.setdefault(batch_key, set())
+
+        async def settle_shard(shard: int, ids: list[bytes]) -> None:
+            await self._settle_shard(shard, ids, dead_by_shard.get(shard, []))
+            done.add(shard)
+
+        # Every shard's outcome is known before a failure is raised: a retry must not start
+        # while a shard's transaction is still on its way.
+        outcomes = await asyncio.gather(*(settle_shard(shard, ids)
+                                          for shard, ids in by_shard.items()
+                                          if shard not in done), return_exceptions=True)
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if errors:
+            raise errors[0]
+        del self._settled[batch_key]
         pipe = self.commands.pipeline(transaction=False)
         for key in self.keys:
             pipe.execute_command("XLEN", key)

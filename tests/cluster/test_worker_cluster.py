@@ -129,3 +129,37 @@ async def test_consumer_reads_polls_settles_and_forgets_idle_consumers(cluster_r
         assert await cluster_stream_state(cluster_redis) == {"length": 0, "pending": 0}
     finally:
         await commands.aclose()
+
+
+async def test_a_settle_retried_after_a_shard_failed_dead_letters_nothing_twice(
+        cluster_redis, clean_cluster):
+    commands, _ = await redis_client.open_clients(clean_cluster.url(), 5)
+    try:
+        consumer = ClusterGroupConsumer(commands, "me", SHARDS)
+        await consumer.ensure_groups()
+        poison = {shard: await cluster_redis.xadd(stream.sample_stream(shard), {b"x": b"1"})
+                  for shard in range(SHARDS)}
+        got = await consumer.read(10, None)
+        assert len(got) == SHARDS
+        dead = [(entry, "poison") for entry in got]
+        real_settle_shard = consumer._settle_shard
+        failed: list[int] = []
+
+        async def failing_once(shard, ids, dead_of_shard):
+            if shard == 0 and not failed:  # shard 0's master goes away for a moment
+                failed.append(shard)
+                raise ConnectionError("master gone")
+            await real_settle_shard(shard, ids, dead_of_shard)
+
+        consumer._settle_shard = failing_once
+        with pytest.raises(ConnectionError):
+            await consumer.settle(got, dead)
+        assert await consumer.settle(got, dead) == 0  # the retry, as the worker's does
+
+        for shard in range(SHARDS):
+            letters = await cluster_redis.xrange(stream.dead_letter_stream(shard))
+            assert [f[b"original_id"] for _id, f in letters] == [poison[shard]]
+        assert await cluster_stream_state(cluster_redis) == {"length": 0, "pending": 0}
+        assert consumer._settled == {}
+    finally:
+        await commands.aclose()
