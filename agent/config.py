@@ -9,6 +9,7 @@ in a repr, a log line, an error or ``describe()``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 from agent.settings_loader import (
@@ -68,6 +70,9 @@ class AgentSettings(Settings):
     metrics_port: int | None = setting(  # None: no /metrics listener
         None, "PROCFLEET_METRICS_PORT", port())
     metrics_addr: str = setting("127.0.0.1", "PROCFLEET_METRICS_ADDR", text())
+    # The bearer token in clear text over http:// to another machine: refused unless this is
+    # set (a lab, or TLS terminated by something on the way that the agent cannot see).
+    allow_insecure_http: bool = setting(False, "PROCFLEET_ALLOW_INSECURE_HTTP", BOOLEAN)
 
     unset_shown: ClassVar[Mapping[str, str]] = {
         "server_id": "<detected>", "scrub_words": "<default>"}
@@ -75,6 +80,15 @@ class AgentSettings(Settings):
     def check_together(self) -> None:
         if self.splay_s is not None and self.splay_s > self.interval_s:
             raise self.invalid("splay_s", "must not exceed interval_s")
+
+    @property
+    def insecure_http(self) -> bool:
+        """True when reports (and the token) would go over plain http:// to a gateway that is
+        not on this machine."""
+        if not self.gateway_url:
+            return False
+        parts = urlsplit(self.gateway_url)
+        return parts.scheme == "http" and not is_loopback(parts.hostname or "")
 
     @property
     def effective_splay_s(self) -> float:
@@ -92,6 +106,12 @@ class AgentSettings(Settings):
             raise ConfigError("token", "<unset>", "required to send reports")
         if self.spool_dir is None:
             raise ConfigError("spool_dir", None, "required to send reports")
+        if self.insecure_http and not self.allow_insecure_http:
+            raise ConfigError(
+                "gateway_url", self.gateway_url,
+                "http:// to another machine would send the token in clear text: use https:// "
+                "(ca_file for a private CA), or set allow_insecure_http = true "
+                "(PROCFLEET_ALLOW_INSECURE_HTTP=true) to accept that")
 
     def describe(self) -> dict[str, object]:
         """The effective settings for the start log line, token masked."""
@@ -99,6 +119,18 @@ class AgentSettings(Settings):
 
 
 KEYS = tuple(name for name in AgentSettings.__dataclass_fields__)
+
+
+def is_loopback(hostname: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic that never leaves the
+    machine."""
+    name = hostname.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def default_spool_dir(environ: Mapping[str, str]) -> Path:

@@ -9,15 +9,29 @@ Rules that hold for every model:
 - every number has bounds and every string a maximum length;
 - CPU is a cumulative counter in seconds, memory is in bytes; rates are computed at query time.
 
+What PostgreSQL cannot store is refused here, where the agent learns of it (a ``422`` naming
+the field), never dead-lettered after a ``2xx``: no string may hold a NUL character
+(``\\u0000``; PostgreSQL ``text`` cannot, and JSON parsers already refuse lone surrogates and
+invalid UTF-8), and every timestamp lies between ``MIN_TIMESTAMP`` and ``MAX_TIMESTAMP`` (UTC
+instants, whatever the offset written: ``9999-12-31T23:59:59-23:59`` is year 10000 in UTC).
+
 Checks that depend on the clock (a ``collected_at`` far in the future or older than the
 retention) belong to the gateway, which knows "now" and the retention.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 # Bounds. Generous enough for any real host, tight enough to reject garbage.
 MAX_COUNTER_SECONDS = 1e12  # ~31,700 years of CPU time
@@ -30,19 +44,46 @@ MAX_SNAPSHOTS = 8
 MAX_RAW_OUTPUT_CHARS = 4 * 1024 * 1024
 MAX_COMMAND_CHARS = 4096
 MAX_NAME_CHARS = 256
+# Every timestamp of a report, as a UTC instant: what Python's datetime (year 1..9999 after
+# conversion to UTC), PostgreSQL's timestamptz, epoch seconds and the daily partitions all hold
+# with room to spare. A process started before 1970 does not exist on a real host.
+MIN_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIMESTAMP = datetime(2200, 1, 1, tzinfo=UTC)
 
 OsType = Literal["linux", "darwin", "windows", "freebsd", "openbsd", "netbsd", "other"]
 SnapshotSource = Literal["ps", "tasklist", "process_exporter"]
 
 
+def refuse_nul(text: str) -> str:
+    """The text unchanged, or ``ValueError`` when it holds a NUL (PostgreSQL cannot store it)."""
+    if "\x00" in text:
+        raise ValueError(f"contains a NUL character (\\u0000) at offset {text.index(chr(0))}, "
+                         "which PostgreSQL text cannot hold")
+    return text
+
+
+NUL_REPLACEMENT = "\ufffd"  # what a decoder writes for bytes it cannot read
+
+
+def replace_nul(text: str) -> str:
+    """``text`` with every NUL replaced by U+FFFD: what the agent does to collected text, so a
+    host whose process writes a NUL into its command line is not refused at every report."""
+    return text.replace("\x00", NUL_REPLACEMENT) if "\x00" in text else text
+
+
+# The marker of every free-text field (ingest_gateway/ingest/fast_contract.py knows it by identity).
+NUL_FREE = AfterValidator(refuse_nul)
+
+
 # Reusable field types: the unit or meaning is in the name of the type. Timestamps use
 # pydantic's AwareDatetime (a timezone is required), checked in Rust: ~15 % faster report
-# validation than a Python after-validator.
+# validation than a Python after-validator; its bounds are compared as instants.
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
 ]
-ShortText = Annotated[str, StringConstraints(max_length=64)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
+ShortText = Annotated[str, StringConstraints(max_length=64), NUL_FREE]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS), NUL_FREE]
+Timestamp = Annotated[AwareDatetime, Field(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)]
 Seconds = Annotated[float, Field(ge=0, le=MAX_COUNTER_SECONDS)]
 Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
@@ -63,11 +104,11 @@ class Host(_Strict):
     """The machine a report comes from. ``server_id`` is the stable identity of the host."""
 
     server_id: Identifier
-    hostname: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    hostname: Annotated[str, StringConstraints(min_length=1, max_length=253), NUL_FREE]
     os_type: OsType
-    os_version: Annotated[str, StringConstraints(max_length=128)] = ""
-    boot_id: Annotated[str, StringConstraints(max_length=64)] | None = None
-    agent_version: Annotated[str, StringConstraints(max_length=32)] = ""
+    os_version: Annotated[str, StringConstraints(max_length=128), NUL_FREE] = ""
+    boot_id: Annotated[str, StringConstraints(max_length=64), NUL_FREE] | None = None
+    agent_version: Annotated[str, StringConstraints(max_length=32), NUL_FREE] = ""
 
 
 class ProcessGroup(_Strict):
@@ -92,7 +133,7 @@ class ProcessGroup(_Strict):
     minor_page_faults_total: Bytes | None = None
     context_switches_voluntary_total: Bytes | None = None
     context_switches_nonvoluntary_total: Bytes | None = None
-    oldest_start_time: AwareDatetime | None = None
+    oldest_start_time: Timestamp | None = None
 
 
 class ProcessSample(_Strict):
@@ -107,9 +148,9 @@ class ProcessSample(_Strict):
     ppid: Annotated[int, Field(ge=0, le=MAX_PID)] | None = None
     user: ShortText | None = None
     name: Name
-    command: Annotated[str, StringConstraints(max_length=MAX_COMMAND_CHARS)] = ""
-    state: Annotated[str, StringConstraints(max_length=16)] | None = None
-    start_time: AwareDatetime | None = None
+    command: Annotated[str, StringConstraints(max_length=MAX_COMMAND_CHARS), NUL_FREE] = ""
+    state: Annotated[str, StringConstraints(max_length=16), NUL_FREE] | None = None
+    start_time: Timestamp | None = None
     cpu_seconds_total: Seconds | None = None
     cpu_percent: Percent | None = None
     memory_percent: Annotated[float, Field(ge=0, le=100)] | None = None
@@ -127,7 +168,8 @@ class Snapshot(_Strict):
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     process_count: Count = 0
     unparsed_lines: Count = 0
-    raw_output: Annotated[str, StringConstraints(max_length=MAX_RAW_OUTPUT_CHARS)] | None = None
+    raw_output: Annotated[
+        str, StringConstraints(max_length=MAX_RAW_OUTPUT_CHARS), NUL_FREE] | None = None
 
 
 class Report(_Strict):
@@ -138,7 +180,7 @@ class Report(_Strict):
         str, StringConstraints(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     ]
     host: Host
-    collected_at: AwareDatetime
+    collected_at: Timestamp
     process_groups: Annotated[list[ProcessGroup], Field(max_length=MAX_GROUPS)] = []
     processes: Annotated[list[ProcessSample], Field(max_length=MAX_PROCESSES)] = []
     snapshots: Annotated[list[Snapshot], Field(max_length=MAX_SNAPSHOTS)] = []

@@ -315,6 +315,10 @@ async def run_agent(settings: AgentSettings, *, once: bool = False) -> AgentStat
     scrubber = make_scrubber(settings)
     log.info("agent starting", extra={"kv": {**settings.describe(), "server_id": host.server_id,
                                              "spool_reports": len(spool)}})
+    if settings.insecure_http:  # only reachable with allow_insecure_http (require_delivery)
+        log.warning("sending the token and reports over plain http:// to another machine: "
+                    "anyone on the way can read and reuse the token", extra={"kv": {
+                        "gateway_url": settings.gateway_url, "allow_insecure_http": True}})
     async with _client(settings) as http:
         sender = Sender(
             http,

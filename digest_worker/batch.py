@@ -18,12 +18,21 @@ INSERT_FAILED = "insert_failed"
 @dataclass(eq=False)  # batches are compared by identity (Worker._in_hand)
 class Batch:
     """``messages[i]`` was decoded from ``sources[i]``; ``dead`` holds
-    ``(entry, reason label, reason text)``."""
+    ``(entry, reason label, reason text)``; ``handed_back`` the entries the writer did not
+    resolve in time (left unacknowledged, delivered again later)."""
 
     entries: list[Entry] = field(default_factory=list)
     messages: list[tuple[str, list[Any]]] = field(default_factory=list)
     sources: list[Entry] = field(default_factory=list)
     dead: list[tuple[Entry, str, str]] = field(default_factory=list)
+    handed_back: list[Entry] = field(default_factory=list)
+
+    def entries_to_ack(self) -> list[Entry]:
+        """Every entry but those handed back."""
+        if not self.handed_back:
+            return self.entries
+        kept = {id(entry) for entry in self.handed_back}
+        return [entry for entry in self.entries if id(entry) not in kept]
 
     def __len__(self) -> int:
         return len(self.entries)

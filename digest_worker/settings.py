@@ -65,6 +65,15 @@ class WorkerSettings(Settings):
                                        number(0, 3_600, above=True))
     dead_letter_maxlen: int = setting(100_000, "PROCFLEET_DEAD_LETTER_MAXLEN",
                                       integer(1, 2**62))
+    # How long isolating the poison of one batch may go on before the unresolved rest is
+    # handed back (unacknowledged, delivered again later): one host's poison cannot hold the
+    # worker, and every other host's backlog, for longer.
+    batch_timeout_s: float = setting(60.0, "PROCFLEET_WORKER_BATCH_TIMEOUT_S",
+                                     number(0, _DAY_S, above=True))
+    # After SIGTERM: how long a batch being written may still take before it is abandoned
+    # (rolled back, unacknowledged, delivered again later).
+    shutdown_timeout_s: float = setting(10.0, "PROCFLEET_WORKER_SHUTDOWN_TIMEOUT_S",
+                                        number(0, 3_600, above=True))
     consumer_name: str = setting(env="PROCFLEET_WORKER_CONSUMER", kind=text(),
                                  factory=default_consumer_name)
     metrics_port: int | None = setting(None, kind=integer(0, 65_535))  # --metrics-port

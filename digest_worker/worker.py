@@ -17,8 +17,14 @@ the unique keys then absorb.
 - A message that cannot be decoded, cannot be inserted, or was delivered more than
   ``max_deliveries`` times goes to the dead-letter stream with its reason (an error line
   each); the rest of its batch lands.
+- Isolating the poison of one batch stops after ``batch_timeout_s``: what is resolved is
+  committed, the rest handed back (left unacknowledged; it is claimed again later and
+  ``max_deliveries`` bounds how often), so no host's data can stall the others'.
 - ``stop()`` (SIGTERM): finish and acknowledge the batches in hand, then return; a
-  ``worker stopped`` line sums up the run. ``burst``: return once the streams are drained.
+  ``worker stopped`` line sums up the run. A batch still being written is given
+  ``shutdown_timeout_s`` (poison isolation hands back what it has not resolved at once), then
+  abandoned: rolled back, unacknowledged, delivered again later. ``burst``: return once the
+  streams are drained.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, TypeVar
 import asyncpg
 from redis.exceptions import RedisError
 
+from agent.errors import ProcfleetError
 from digest_worker import partitions, redis_client, rollup, streams
 from digest_worker.batch import INSERT_FAILED, Batch, decode_batch
 from digest_worker.cluster_streams import ClusterGroupConsumer
@@ -59,6 +66,12 @@ T = TypeVar("T")
 GC_INTERVAL_S = 30.0
 # How long a burst worker waits for more entries before it calls the streams drained.
 BURST_BLOCK_MS = 100
+# After SIGTERM: how long closing the pool may take before its connections are terminated.
+POOL_CLOSE_TIMEOUT_S = 5.0
+
+
+class WriteAbandoned(ProcfleetError):
+    """A batch's write outlived ``shutdown_timeout_s`` after ``stop()`` and was cancelled."""
 
 
 def tune_gc() -> None:
@@ -151,7 +164,10 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             self.metrics.close()
             if self.pool is not None:
-                await asyncio.wait_for(self.pool.close(), 10)
+                try:
+                    await asyncio.wait_for(self.pool.close(), POOL_CLOSE_TIMEOUT_S)
+                except TimeoutError:  # a connection stuck in a query: do not wait on it
+                    self.pool.terminate()
             if reader is not None:
                 await reader.aclose()
             if commands is not None:
@@ -189,7 +205,7 @@ class Worker:
                     continue
                 started_s = time.monotonic()
                 try:
-                    result = await self._write(batch)
+                    result = await self._write_bounded(batch)
                 except Exception as exc:
                     if not self.stopping:
                         raise
@@ -274,27 +290,56 @@ class Worker:
                   "still in the stream will be delivered again",
                   extra={"kv": {"group": stream.GROUP, "shards": created}})
 
+    async def _write_bounded(self, batch: Batch) -> WriteResult:
+        """``_write``, given at most ``shutdown_timeout_s`` once ``stop()`` is called; then
+        cancelled (asyncpg cancels the query, the transaction rolls back) and
+        ``WriteAbandoned`` raised: nothing of the batch is acknowledged."""
+        write = asyncio.ensure_future(self._write(batch))
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({write, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not write.done():
+                await asyncio.wait({write}, timeout=self.settings.shutdown_timeout_s)
+            if not write.done():
+                write.cancel()
+                await asyncio.wait({write}, timeout=POOL_CLOSE_TIMEOUT_S)
+                raise WriteAbandoned(f"still writing {self.settings.shutdown_timeout_s:g} s "
+                                     f"after stop: cancelled")
+            return write.result()
+        finally:
+            stopped.cancel()
+
     async def _write(self, batch: Batch) -> WriteResult:
         if not batch.messages:
             return WriteResult()
         consumer = self.consumer
         assert consumer is not None
+        deadline_s = time.monotonic() + self.settings.batch_timeout_s
 
         async def keep_claimed() -> None:
             # A long outage: keep our entries from being claimed (and counted) by others.
             with contextlib.suppress(RedisError, OSError):  # Redis down too: next attempt
                 await consumer.keep_claimed(batch.entries)
 
-        result = await self._retry("database", self._commit, batch.messages,
+        result = await self._retry("database", self._commit, batch.messages, deadline_s,
                                    while_waiting=keep_claimed)
         for index, reason in result.poison:
             batch.dead.append((batch.sources[index], INSERT_FAILED, f"cannot insert: {reason}"))
+        batch.handed_back = [batch.sources[index] for index in result.handed_back]
+        if batch.handed_back:
+            log.warning("poison isolation stopped (batch_timeout_s or stop): entries handed "
+                        "back, to be delivered again", extra={"kv": {
+                            "handed_back": len(batch.handed_back), "rows": len(batch),
+                            "dead_lettered": len(result.poison),
+                            "batch_timeout_s": self.settings.batch_timeout_s,
+                            "stopping": self.stopping}})
         return result
 
-    async def _commit(self, messages: list) -> WriteResult:
+    async def _commit(self, messages: list, deadline_s: float) -> WriteResult:
         assert self.pool is not None
         async with self.pool.acquire() as conn:
-            return await self.writer.commit(conn, messages)
+            return await self.writer.commit(conn, messages, deadline_s=deadline_s,
+                                            stopping=self._stopping.is_set)
 
     async def _settle(self, batch: Batch, result: WriteResult, started_s: float) -> None:
         """Dead-letter, acknowledge and delete the entries of a committed batch, log it."""
@@ -313,7 +358,7 @@ class Worker:
                 "dead_letter_stream": stream.dead_letter_stream(entry.shard)}})
             self.metrics.dead_lettered.labels(label).inc()
         try:
-            backlog = await self._retry("redis", self.consumer.settle, batch.entries,
+            backlog = await self._retry("redis", self.consumer.settle, batch.entries_to_ack(),
                                         [(entry, reason) for entry, _, reason in batch.dead])
         except Exception as exc:  # only when stopping: rows are committed, entries redelivered
             log.warning("batch committed but not acknowledged at shutdown: it will be "
@@ -328,6 +373,7 @@ class Worker:
         log.info("batch", extra={"kv": {
             "rows": len(batch), "inserted": result.inserted_total,
             "duplicates": result.duplicates_total, "dead_lettered": len(batch.dead),
+            "handed_back": len(batch.handed_back),
             "insert_ms": round(insert_ms, 1), "backlog": backlog}})
 
     async def _retry(self, target: str, func: Callable[..., Awaitable[T]], *args: Any,

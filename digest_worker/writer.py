@@ -14,17 +14,29 @@ Three ways to land a table's rows (``insert_method``; bench/bench_writer.py meas
 Whatever the method, the batch ends with one upsert of ``servers`` (last_seen_at, and the
 metadata of the newest host message) in server_id order, then COMMIT.
 
-A batch that fails because of its *data* (see ``is_poison``) is isolated by bisection inside
-one transaction, each half under a savepoint, until the single messages that fail are known;
-they are reported back (the worker dead-letters them) and every other row is written. Any
-other error (connection lost, server shutting down, …) propagates: the worker retries the
-whole batch and acknowledges nothing meanwhile.
+A batch that fails because of its *data* (see ``is_poison``) is isolated in one transaction
+(``_Isolation``): its rows are built once, per message, then bisected per table where each probe
+is *one* statement (``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING``) under a
+savepoint; a probe that passes has written its rows, a probe that fails is split in two. So k
+poison messages in a batch of n cost at most ~2·k·log2(n) probes (3 statements each), and
+nothing is staged again. The servers upsert then runs once for the messages that landed
+(bisected the same way only if it fails itself). The poison messages are reported back (the
+worker dead-letters them) and every other row is written. Any other error (connection lost,
+server shutting down, …) propagates: the worker retries the whole batch and acknowledges
+nothing meanwhile.
+
+Isolation stops probing once the batch's deadline passes (``deadline_s``, the worker's
+``batch_timeout_s``) or the worker is stopping: what is resolved is committed, the messages
+not yet resolved are returned as ``handed_back`` (the worker leaves them unacknowledged; they
+are delivered again later, and ``max_deliveries`` bounds how often). One host's poison
+cannot hold the worker, and every other host's backlog, for longer than that.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,13 +102,8 @@ class WriteResult:
     inserted: Counter = field(default_factory=Counter)
     duplicates: Counter = field(default_factory=Counter)
     poison: list[tuple[int, str]] = field(default_factory=list)
+    handed_back: list[int] = field(default_factory=list)  # not resolved in time: not written
     fell_back: bool = False
-
-    def add(self, other: WriteResult) -> None:
-        self.inserted.update(other.inserted)
-        self.duplicates.update(other.duplicates)
-        self.poison.extend(other.poison)
-        self.fell_back |= other.fell_back
 
     @property
     def inserted_total(self) -> int:
@@ -133,9 +140,14 @@ class BatchWriter:
                     f"SELECT * FROM unnest({params}) ON CONFLICT DO NOTHING"
                 )
 
-    async def commit(self, conn: asyncpg.Connection, messages: list[Message]) -> WriteResult:
+    async def commit(self, conn: asyncpg.Connection, messages: list[Message], *,
+                     deadline_s: float = float("inf"),
+                     stopping: Callable[[], bool] = lambda: False,
+                     clock: Callable[[], float] = time.monotonic) -> WriteResult:
         """Write ``messages`` and commit. Poison messages are returned, not raised; any other
-        error is raised with nothing committed."""
+        error is raised with nothing committed. Isolating poison stops at ``deadline_s`` (on
+        ``clock``) or once ``stopping()``: the messages not resolved by then are returned in
+        ``handed_back``, unwritten."""
         method = self._method_for_next_batch()
         try:
             rows = build_rows(messages)
@@ -155,8 +167,10 @@ class BatchWriter:
         except Exception as exc:
             if not is_poison(exc):
                 raise
+        isolation = _Isolation(conn, self._unnest_sql, lambda: (
+            clock() >= deadline_s or stopping()))
         async with conn.transaction():
-            return await self._isolate(conn, messages, list(range(len(messages))))
+            return await isolation.run(messages)
 
     def _method_for_next_batch(self) -> str:
         if self.insert_method == "copy" and self._staging_batches_left > 0:
@@ -164,44 +178,7 @@ class BatchWriter:
             return "staging"
         return self.insert_method
 
-    async def _isolate(
-        self, conn: asyncpg.Connection, messages: list[Message], indexes: list[int]
-    ) -> WriteResult:
-        """Bisect ``indexes`` (known to contain poison) under savepoints."""
-        if len(indexes) == 1:
-            return await self._try_one(conn, messages, indexes[0])
-        result = WriteResult()
-        middle = len(indexes) // 2
-        for half in (indexes[:middle], indexes[middle:]):
-            try:
-                async with conn.transaction():
-                    rows = build_rows([messages[i] for i in half])
-                    result.add(await self._write(conn, rows, self._safe_method, fresh=True))
-            except Exception as exc:
-                if not is_poison(exc):
-                    raise
-                result.add(await self._isolate(conn, messages, half))
-        return result
-
-    async def _try_one(
-        self, conn: asyncpg.Connection, messages: list[Message], index: int
-    ) -> WriteResult:
-        try:
-            async with conn.transaction():
-                rows = build_rows([messages[index]])
-                return await self._write(conn, rows, self._safe_method, fresh=True)
-        except Exception as exc:
-            if not is_poison(exc):
-                raise
-            return WriteResult(poison=[(index, describe_error(exc))])
-
-    @property
-    def _safe_method(self) -> str:
-        # Bisection needs ON CONFLICT: a half may hold rows that are already there.
-        return "unnest" if self.insert_method == "unnest" else "staging"
-
-    async def _write(self, conn: asyncpg.Connection, rows, method: str,
-                     fresh: bool = False) -> WriteResult:
+    async def _write(self, conn: asyncpg.Connection, rows, method: str) -> WriteResult:
         result = WriteResult()
         for table, records in rows.tables.items():
             if not records:
@@ -212,8 +189,6 @@ class BatchWriter:
                 inserted = len(records)
             elif method == "staging":
                 stage = staging_table(table)
-                if fresh:  # an earlier savepoint of this transaction may have left rows
-                    await conn.execute(f"TRUNCATE {stage}")
                 await conn.copy_records_to_table(stage, records=records, columns=columns)
                 cols = ", ".join(columns)
                 status = await conn.execute(
@@ -231,6 +206,89 @@ class BatchWriter:
         if rows.host_messages:
             result.inserted["servers"] = rows.host_messages
         return result
+
+
+class _Isolation:
+    """Find the poison messages of a batch inside the caller's transaction, writing the rest:
+    each probe is one statement under a savepoint (see the module docstring)."""
+
+    def __init__(self, conn: asyncpg.Connection, unnest_sql: dict[str, str],
+                 out_of_time: Callable[[], bool]) -> None:
+        self.conn, self.unnest_sql, self.out_of_time = conn, unnest_sql, out_of_time
+        self.result = WriteResult()
+        self.poison: dict[int, str] = {}
+        self.handed_back: set[int] = set()
+
+    async def run(self, messages: list[Message]) -> WriteResult:
+        by_table: dict[str, list[tuple[int, Sequence[Any]]]] = {t: [] for t in TABLE_COLUMNS}
+        for index, message in enumerate(messages):
+            try:  # built once, per message, to know which message each row comes from
+                rows = build_rows([message])
+            except Exception as exc:
+                if not is_poison(exc):
+                    raise
+                self.poison[index] = describe_error(exc)
+                continue
+            for table, records in rows.tables.items():
+                by_table[table] += [(index, record) for record in records]
+        for table, items in by_table.items():
+            if items:
+                await self._bisect(items, self._insert_probe(table))
+        landed = [i for i in range(len(messages))
+                  if i not in self.poison and i not in self.handed_back]
+        # Their rows are written: the servers upsert is tried once whatever the time (one
+        # statement), and only bisected (bounded by time) if it fails.
+        await self._bisect([(i, messages[i]) for i in landed], self._servers_probe,
+                           first_unbounded=True)
+        result = self.result
+        result.poison = sorted(self.poison.items())
+        result.handed_back = sorted(self.handed_back)
+        return result
+
+    def _insert_probe(self, table: str):
+        sql = self.unnest_sql[table]
+
+        async def probe(records: list[Sequence[Any]]) -> None:
+            status = await self.conn.execute(sql, *zip(*records, strict=True))
+            inserted = int(status.rsplit(" ", 1)[1])
+            self.result.inserted[table] += inserted
+            self.result.duplicates[table] += len(records) - inserted
+
+        return probe
+
+    async def _servers_probe(self, messages: list[Message]) -> None:
+        rows = build_rows(messages)
+        if rows.servers:
+            await self.conn.execute(SERVERS_UPSERT, *zip(*rows.server_rows(), strict=True))
+        if rows.host_messages:
+            self.result.inserted["servers"] += rows.host_messages
+
+    async def _bisect(self, items: list[tuple[int, Any]], probe,
+                      first_unbounded: bool = False) -> None:
+        """Run ``probe`` on ``items`` (``(message index, value)``), splitting what fails."""
+        pending = [items]
+        while pending:
+            segment = pending.pop()
+            # A message already known bad (another of its rows failed) is not tried again.
+            segment = [(i, v) for i, v in segment if i not in self.poison]
+            if not segment:
+                continue
+            if first_unbounded:
+                first_unbounded = False
+            elif self.out_of_time():
+                self.handed_back.update(i for i, _ in segment)
+                continue
+            try:
+                async with self.conn.transaction():
+                    await probe([value for _, value in segment])
+            except Exception as exc:
+                if not is_poison(exc):
+                    raise
+                if len({i for i, _ in segment}) == 1:
+                    self.poison[segment[0][0]] = describe_error(exc)
+                    continue
+                middle = len(segment) // 2
+                pending += [segment[middle:], segment[:middle]]  # first half probed first
 
 
 async def _column_types(conn: asyncpg.Connection, table: str, columns: tuple[str, ...]):

@@ -176,6 +176,8 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
         state.tokens = TokenCache(TokenStore(redis))
         await state.tokens.refresh()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        state.auth_failures = RateLimiter(settings.auth_failures_per_s,
+                                          settings.auth_failures_burst)
         state.monitor = BacklogMonitor(
             redis, settings.shards, settings.backlog_high_water, settings.backlog_refresh_s,
             settings.retry_after_s, on_refresh=metrics.set_backlog,
@@ -226,7 +228,8 @@ def create_app(
         # body.read_body is the one place bodies are inflated (with a bound); the access log
         # is ours (logfmt, no token).
         handler_args={"auto_decompress": False, "access_log_class": AccessLogger,
-                      "access_log": access_log},
+                      "access_log": access_log,
+                      "keepalive_timeout": settings.keepalive_timeout_s},
     )
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()

@@ -24,6 +24,7 @@ from ingest_gateway.ingest.resp import RespPool
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.ratelimit import RateLimiter
 from ingest_gateway.settings import GatewaySettings
+from ingest_gateway.slow_clients import HeaderDeadlines
 
 
 @dataclass
@@ -39,6 +40,8 @@ class GatewayState:
     tokens: TokenCache | None = None
     monitor: BacklogMonitor | None = None
     limiter: RateLimiter | None = None
+    auth_failures: RateLimiter | None = None  # failed token attempts per source address
+    header_deadlines: HeaderDeadlines | None = None  # set by server.serve (its listener)
     wait_aof: bool = False  # True once WAITAOF is known to work on this server
     in_flight: int = 0  # requests whose handler has started and not answered yet
     totals: dict[str, int] = field(default_factory=lambda: {

@@ -9,9 +9,11 @@ person can act on and a short ``kind`` used as the ``reason`` label of the rejec
         ├── Unauthorized        401  missing / unknown / revoked token
         ├── Forbidden           403  token without the scope of the route
         ├── PayloadTooLarge     413  body (or inflated body) over the limit
+        ├── RequestTimeout      408  body not received within body_timeout_s (connection closed)
         ├── UnsupportedMedia    415  content type or encoding we do not read
         ├── Unprocessable       422  valid JSON that breaks the contract
-        ├── RateLimited         429  token over its rate (Retry-After)
+        ├── RateLimited         429  token over its rate, or a source over its failed
+        │                            token attempts (Retry-After)
         └── Unavailable         503  backlog over the high-water mark, Redis down (Retry-After)
 """
 
@@ -80,6 +82,13 @@ class PayloadTooLarge(GatewayError):
     status = 413
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+
+    def __init__(self, field: str, reason: str, *, kind: str) -> None:
+        super().__init__(field, reason, kind=kind, headers={"Connection": "close"})
+
+
 class UnsupportedMedia(GatewayError):
     status = 415
 
@@ -91,8 +100,8 @@ class Unprocessable(GatewayError):
 class RateLimited(GatewayError):
     status = 429
 
-    def __init__(self, reason: str, *, retry_after_s: int) -> None:
-        super().__init__("Authorization", reason, kind="rate_limit",
+    def __init__(self, reason: str, *, retry_after_s: int, kind: str = "rate_limit") -> None:
+        super().__init__("Authorization", reason, kind=kind,
                          headers={"Retry-After": str(retry_after_s)})
 
 

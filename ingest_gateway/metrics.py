@@ -41,6 +41,10 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "procfleet_gateway_requests_in_flight", "Requests being handled right now",
             registry=r)
+        self.slow_clients = Counter(
+            "procfleet_gateway_slow_clients_total",
+            "Connections cut off for sending their request too slowly, by phase "
+            "(headers: header_timeout_s, body: body_timeout_s)", ["phase"], registry=r)
         self.backlog = Gauge(
             "procfleet_gateway_backlog_messages",
             "Messages the digest group has not finished, per shard (refreshed every second)",

@@ -36,6 +36,9 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     """Our errors → JSON bodies; every request counted by route and status."""
     request[LOG_KV] = {}
     metrics, state = request.app[METRICS], request.app[STATE]
+    deadlines = state.header_deadlines
+    if deadlines is not None:  # the headers are in: no header deadline while this runs
+        deadlines.request_started(request.transport)
     state.in_flight += 1
     metrics.in_flight.inc()
     try:
@@ -45,6 +48,9 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
         state.totals["rejected"] += 1
         request[LOG_KV]["error"] = exc.kind
         response = exc.response()
+        if exc.status == 408:  # a body still dripping in: do not wait for the rest
+            metrics.slow_clients.labels("body").inc()
+            response.force_close()
     except web.HTTPException as exc:
         response = http_exception_response(exc)
     except Exception:
@@ -54,5 +60,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     finally:
         state.in_flight -= 1
         metrics.in_flight.dec()
+        if deadlines is not None:
+            deadlines.request_finished(request.transport)
     metrics.requests.labels(_route_label(request), request.method, str(response.status)).inc()
     return response

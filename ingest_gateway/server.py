@@ -12,8 +12,9 @@ import ssl
 from aiohttp import web
 
 from ingest_gateway.app import create_app
-from ingest_gateway.app_state import STATE, GatewayState
+from ingest_gateway.app_state import METRICS, STATE, GatewayState
 from ingest_gateway.settings import GatewaySettings
+from ingest_gateway.slow_clients import HeaderDeadlines
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,25 @@ def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     return context
+
+
+class GuardedTCPSite(web.TCPSite):
+    """``web.TCPSite`` whose connections get a header deadline (``slow_clients``): aiohttp's
+    own listener has none. Same options otherwise."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
+                 deadlines: HeaderDeadlines, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self.deadlines = deadlines
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.deadlines.wrap(server), self._host, self._port, ssl=self._ssl_context,
+            backlog=self._backlog, reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port)
 
 
 DRAIN_POLL_S = 0.05
@@ -68,7 +88,11 @@ async def serve(settings: GatewaySettings, host: str, port: int,
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=tls_context(settings))
+        deadlines = HeaderDeadlines(settings.header_timeout_s,
+                                    app[METRICS].slow_clients.labels("headers").inc)
+        app[STATE].header_deadlines = deadlines
+        site = GuardedTCPSite(runner, host, port, deadlines=deadlines,
+                              ssl_context=tls_context(settings))
         await site.start()
         scheme = "https" if settings.tls_cert_file else "http"
         log.info("gateway listening", extra={"kv": {"url": f"{scheme}://{host}:{port}"}})

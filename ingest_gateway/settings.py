@@ -65,6 +65,17 @@ class GatewaySettings(Settings):
     # per token; 0 turns the limit off
     rate_limit_per_s: float = setting(500.0, "PROCFLEET_RATE_LIMIT_PER_S", number(0, 1e9))
     rate_limit_burst: int = setting(1_000, "PROCFLEET_RATE_LIMIT_BURST", _count())
+    # Failed token attempts (401) per source address: a burst, then this rate; 0 = no limit.
+    # Behind a proxy the source is the proxy: raise these or turn them off there.
+    auth_failures_per_s: float = setting(1.0, "PROCFLEET_AUTH_FAILURES_PER_S", number(0, 1e9))
+    auth_failures_burst: int = setting(30, "PROCFLEET_AUTH_FAILURES_BURST", _count())
+    # Slow clients (slow_clients.py): a request's headers must be complete within
+    # header_timeout_s (from the connection, or from its first byte on a kept-alive one), its
+    # body within body_timeout_s of the headers; an idle kept-alive connection is closed after
+    # keepalive_timeout_s.
+    header_timeout_s: float = setting(10.0, "PROCFLEET_HEADER_TIMEOUT_S", _seconds(3_600))
+    body_timeout_s: float = setting(60.0, "PROCFLEET_BODY_TIMEOUT_S", _seconds(3_600))
+    keepalive_timeout_s: float = setting(75.0, "PROCFLEET_KEEPALIVE_TIMEOUT_S", _seconds())
     dedupe_ttl_s: int = setting(3_600, "PROCFLEET_DEDUPE_TTL_S", _count(30 * 86_400))
     # same variable and default as the digest workers
     retention_days: int = setting(7, "PROCFLEET_RETENTION_DAYS", _count(36_500))

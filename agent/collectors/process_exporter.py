@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from agent.config import DEFAULT_PROCESS_EXPORTER_URL
-from agent.contract import MAX_RAW_OUTPUT_CHARS, ProcessGroup, Snapshot
+from agent.contract import MAX_RAW_OUTPUT_CHARS, ProcessGroup, Snapshot, replace_nul
 from agent.errors import CollectError
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,8 @@ async def scrape_groups(
         raise ExporterUnavailable(url, f"no complete answer within {timeout_s:g} s") from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ExporterUnavailable(url, f"{type(exc).__name__}: {exc}") from exc
-    text = body.decode("utf-8", errors="replace")
+    # The contract refuses a NUL (PostgreSQL text cannot hold one): replace it here.
+    text = replace_nul(body.decode("utf-8", errors="replace"))
     try:
         groups, dropped = parse_groups(text)
     except ValueError as exc:

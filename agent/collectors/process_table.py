@@ -28,7 +28,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agent.contract import MAX_COMMAND_CHARS, MAX_RAW_OUTPUT_CHARS, ProcessSample, Snapshot
+from agent.contract import (
+    MAX_COMMAND_CHARS,
+    MAX_RAW_OUTPUT_CHARS,
+    ProcessSample,
+    Snapshot,
+    replace_nul,
+)
 from agent.errors import CollectError
 from agent.parsers import ps_columns as col
 from agent.parsers.ps import FORMAT_BSD, FORMAT_BUSYBOX, FORMAT_PROCPS, parse_table
@@ -183,7 +189,8 @@ async def collect_process_table(
     for plan in plans_for(os_type):
         started = time.perf_counter()
         try:
-            text = await runner(plan.argv)
+            # The contract refuses a NUL (PostgreSQL text cannot hold one): replace it here.
+            text = replace_nul(await runner(plan.argv))
             _check_header(plan, text)
         except CollectError as exc:  # e.g. BusyBox refusing procps' options: try the next
             log.debug("process table command failed", extra={"kv": {"error": str(exc)}})

@@ -7,6 +7,7 @@ soon as the output passes the limit, so a gzip bomb costs at most ``max_body_byt
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -17,6 +18,7 @@ from ingest_gateway.errors import (
     BadRequest,
     GatewayError,
     PayloadTooLarge,
+    RequestTimeout,
     Unprocessable,
     UnsupportedMedia,
 )
@@ -85,11 +87,22 @@ class _BoundedInflater:
         return b"".join(self.parts)
 
 
-async def read_body(request: web.BaseRequest, max_body_bytes: int) -> bytes:
-    """The request body, inflated if gzip; 413 past ``max_body_bytes``, 415 for other types.
+async def read_body(request: web.BaseRequest, max_body_bytes: int,
+                    timeout_s: float = float("inf")) -> bytes:
+    """The request body, inflated if gzip; 413 past ``max_body_bytes``, 415 for other types,
+    408 (and the connection closed) when it has not all arrived within ``timeout_s``.
 
     The app runs with aiohttp's ``auto_decompress`` off so that this is the one place a body is
     inflated, with our bound."""
+    try:
+        async with asyncio.timeout(timeout_s if timeout_s < float("inf") else None):
+            return await _read_body(request, max_body_bytes)
+    except TimeoutError:
+        raise RequestTimeout("body", f"not received within {timeout_s:g} s",
+                             kind="slow_body") from None
+
+
+async def _read_body(request: web.BaseRequest, max_body_bytes: int) -> bytes:
     check_content_type(request)
     encoding = _encoding(request)
     if request.content_length is not None and request.content_length > max_body_bytes:

@@ -5,6 +5,12 @@ with the agent's parsers and turns it into an ordinary ``Report``, so the rest o
 (messages, dedupe, enqueue) is the one of ``/v1/reports``. The report_id is derived from
 ``(machine_id, sha256(output))``: the same output posted twice is the same report and the second
 post changes nothing.
+
+Whoever sent the output, we did not scrub it: every command line and the raw output kept in the
+snapshot go through the agent's scrubber (``agent.scrub``, default words) before anything is
+enqueued, so what enters the database is scrubbed whichever route it took. The snapshot's
+``sha256`` is that of the scrubbed text (as the agent's is); the report_id keeps deriving from
+the output as received.
 """
 
 from __future__ import annotations
@@ -18,19 +24,22 @@ from pydantic import ValidationError as PydanticValidationError
 from agent.contract import (
     MAX_PROCESSES,
     MAX_RAW_OUTPUT_CHARS,
-    AwareDatetime,
+    NUL_FREE,
     Host,
     Identifier,
     OsType,
     Report,
     Snapshot,
+    Timestamp,
 )
 from agent.errors import ParseError
 from agent.parsers import parse_output
+from agent.scrub import Scrubber
 from ingest_gateway.errors import Unprocessable
 
 REPORT_ID_PREFIX = "cmd-"
 REPORT_ID_HEX_CHARS = 56  # "cmd-" + 56 = 60 characters, within the contract's 64
+SCRUB = Scrubber()  # compiled once; the agent's default words
 
 
 class CommandsBody(BaseModel):
@@ -38,13 +47,14 @@ class CommandsBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
-    timestamp: AwareDatetime
-    machine_name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    timestamp: Timestamp
+    machine_name: Annotated[str, StringConstraints(min_length=1, max_length=253), NUL_FREE]
     machine_id: Identifier
     os_type: OsType
-    os_version: Annotated[str, StringConstraints(max_length=128)] = ""
+    os_version: Annotated[str, StringConstraints(max_length=128), NUL_FREE] = ""
     command: Literal["ps", "tasklist"]
-    output: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RAW_OUTPUT_CHARS)]
+    output: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RAW_OUTPUT_CHARS),
+                      NUL_FREE]
 
 
 def commands_report_id(machine_id: str, output_sha256: str) -> str:
@@ -59,6 +69,8 @@ def to_report(body: CommandsBody) -> tuple[Report, int]:
     422 when the output is not a ``ps`` / ``tasklist`` output at all or holds more processes
     than a report may carry."""
     output_sha256 = hashlib.sha256(body.output.encode()).hexdigest()
+    # Line by line, as the agent does: a flag at the end of one row cannot mask the next row.
+    scrubbed = "\n".join(SCRUB(line) for line in body.output.split("\n"))
     try:
         parsed = parse_output(body.output, body.command, now=body.timestamp,
                               tz=body.timestamp.tzinfo)
@@ -73,16 +85,19 @@ def to_report(body: CommandsBody) -> tuple[Report, int]:
     if len(parsed.processes) > MAX_PROCESSES:
         raise Unprocessable("output", f"{len(parsed.processes)} processes, at most "
                             f"{MAX_PROCESSES} per report", kind="schema")
+    processes = [p.model_copy(update={"command": SCRUB(p.command)}) if p.command else p
+                 for p in parsed.processes]
     try:
         report = Report(
             report_id=commands_report_id(body.machine_id, output_sha256),
             host=Host(server_id=body.machine_id, hostname=body.machine_name,
                       os_type=body.os_type, os_version=body.os_version),
             collected_at=body.timestamp,
-            processes=parsed.processes,
-            snapshots=[Snapshot(source=body.command, sha256=output_sha256,
-                                process_count=len(parsed.processes),
-                                unparsed_lines=parsed.unparsed_lines, raw_output=body.output)],
+            processes=processes,
+            snapshots=[Snapshot(source=body.command,
+                                sha256=hashlib.sha256(scrubbed.encode()).hexdigest(),
+                                process_count=len(processes),
+                                unparsed_lines=parsed.unparsed_lines, raw_output=scrubbed)],
         )
     except PydanticValidationError as exc:  # a parser produced something out of bounds
         first = exc.errors(include_url=False)[0]

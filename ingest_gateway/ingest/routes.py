@@ -52,7 +52,8 @@ def check_timestamp(value_s: float, field: str, settings: GatewaySettings, now_s
 async def _read_body(request: web.Request) -> bytes:
     """Token + rate, then the body."""
     await require_scope(request, INGEST_SCOPE)
-    body = await read_body(request, request.app[SETTINGS].max_body_bytes)
+    settings = request.app[SETTINGS]
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     request.app[METRICS].received_bytes.inc(len(body))
     return body
 
@@ -136,6 +137,7 @@ def _responses(ok: dict[str, Any]) -> dict[str, Any]:
         "401": err("missing, invalid or revoked token"),
         "403": err("token without the ingest scope"),
         "413": err("body (or inflated body) over the size limit"),
+        "408": err("body not received within the body timeout (the connection is closed)"),
         "415": err("not application/json, or an encoding other than gzip"),
         "422": err("valid JSON that breaks the contract"),
         "429": err("token over its rate limit (Retry-After)"),

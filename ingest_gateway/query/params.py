@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.contract import MAX_TIMESTAMP, MIN_TIMESTAMP
 from ingest_gateway.errors import BadRequest
 
 METRICS = ("cpu", "memory")
@@ -114,6 +115,11 @@ def parse_timestamp(name: str, raw: str) -> datetime:
                   raw) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise bad(name, "must carry a time zone (Z or +HH:MM)", raw)
+    # Compared as instants before converting: 9999-12-31T23:59:59-23:59 is past year 9999 in
+    # UTC, which Python's datetime cannot hold. The bounds are the report contract's.
+    if not MIN_TIMESTAMP <= moment <= MAX_TIMESTAMP:
+        raise bad(name, f"must be between {MIN_TIMESTAMP.isoformat()} and "
+                  f"{MAX_TIMESTAMP.isoformat()}", raw)
     return moment.astimezone(UTC)
 
 

@@ -38,10 +38,13 @@ STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
                 "chart.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 QUERY_DB = web.AppKey("procfleet_query_db", QueryDatabase)
-# The page may load only its own files: no CDN, no third-party anything.
+# The page may load only its own files: no CDN, no third-party anything. No other site may
+# frame it (clickjacking): frame-ancestors for today's browsers, X-Frame-Options for older ones.
 DASHBOARD_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                               "style-src 'self'; script-src 'self'; connect-src 'self'",
+                               "style-src 'self'; script-src 'self'; connect-src 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
 }

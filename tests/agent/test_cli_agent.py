@@ -22,7 +22,7 @@ from procfleet.commands import agent as agent_command
 from procfleet.embedded import free_port
 
 TOKEN = "pf_ingest_CliSecretToken123"
-GATEWAY = "http://gw.test"
+GATEWAY = "https://gw.test"
 EXPORTER = "http://exporter.test/metrics"
 EXPOSITION = """\
 # HELP namedprocess_namegroup_num_procs number of processes in this group
@@ -138,6 +138,27 @@ def test_once_delivers_one_report_with_groups_and_processes(tmp_path, caplog):
     assert report.processes
     logged = caplog.text + " ".join(str(getattr(r, "kv", "")) for r in caplog.records)
     assert "agent starting" in logged and TOKEN not in logged
+
+
+def test_plain_http_to_another_machine_is_refused_unless_allowed_then_warned(tmp_path, caplog,
+                                                                             capsys):
+    insecure = "http://gw.test"
+    config = write_config(tmp_path, gateway_url=insecure, process_exporter_url="")
+    with respx.mock(assert_all_called=False) as mock:
+        post = mock.post(f"{insecure}/v1/reports").respond(202)
+        assert run_cli("--config", config, "--once") == 1
+        assert post.call_count == 0  # the token never left
+    assert "allow_insecure_http" in capsys.readouterr().err
+
+    config = write_config(tmp_path, gateway_url=insecure, process_exporter_url="",
+                          allow_insecure_http=True)
+    with respx.mock() as mock:
+        post = mock.post(f"{insecure}/v1/reports").respond(202)
+        with caplog.at_level(logging.WARNING, logger="agent"):
+            assert run_cli("--config", config, "--once") == 0
+    assert post.call_count == 1
+    [warning] = [r for r in caplog.records if "plain http://" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and warning.kv["gateway_url"] == insecure
 
 
 def test_once_spools_when_the_gateway_is_down_and_replays_next_run(tmp_path):

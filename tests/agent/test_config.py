@@ -157,3 +157,32 @@ def test_every_documented_key_is_known():
     for key in ("gateway_url", "token", "server_id", "interval_s", "process_exporter_url",
                 "spool_dir", "spool_max_mb", "ca_file", "scrub_words", "max_processes"):
         assert key in KEYS
+
+
+@pytest.mark.parametrize("url", ["http://gw.example.com:8080", "http://10.0.0.5",
+                                 "http://[2001:db8::1]:8080"])
+def test_a_token_is_not_sent_over_http_to_another_machine(tmp_path, url):
+    base = {"PROCFLEET_TOKEN": SECRET, "PROCFLEET_GATEWAY_URL": url, "HOME": str(tmp_path)}
+    s = load_settings(None, base)
+    assert s.insecure_http
+    with pytest.raises(ConfigError) as info:
+        s.require_delivery()
+    assert info.value.key == "gateway_url" and "allow_insecure_http" in str(info.value)
+    assert SECRET not in str(info.value)
+    allowed = load_settings(None, {**base, "PROCFLEET_ALLOW_INSECURE_HTTP": "true"})
+    allowed.require_delivery()  # accepted, and the agent warns at start (test_cli_agent)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:8080",
+                                 "http://[::1]:8080", "http://127.3.4.5",
+                                 "https://gw.example.com"])
+def test_https_and_loopback_http_need_no_permission(tmp_path, url):
+    s = load_settings(None, {"PROCFLEET_TOKEN": SECRET, "PROCFLEET_GATEWAY_URL": url,
+                             "HOME": str(tmp_path)})
+    assert not s.insecure_http
+    s.require_delivery()
+
+
+def test_allow_insecure_http_is_a_file_key(tmp_path):
+    s = load_settings(write(tmp_path, 'allow_insecure_http = true\n'), {})
+    assert s.allow_insecure_http is True and "allow_insecure_http" in KEYS

@@ -101,6 +101,16 @@ async def test_scrub_reaches_every_command_and_the_raw_output() -> None:
     assert (snapshot.source, snapshot.process_count, snapshot.unparsed_lines) == ("ps", 9, 0)
 
 
+async def test_a_nul_in_a_command_line_is_replaced_so_the_contract_accepts_the_report() -> None:
+    text = fixture("collector_procps.txt").replace("--password=hunter2", "--tag=a\x00b")
+    table = await collect_process_table(
+        os_type="linux", runner=ScriptedRunner(text), now=NOW, keep_raw=True)
+    assert by_pid(table)[1301].command == "/usr/sbin/mysqld --user=mysql --tag=a\ufffdb"
+    assert "\x00" not in table.snapshot.raw_output
+    # What the agent sends is a valid report field by field (no NUL anywhere).
+    assert all("\x00" not in p.model_dump_json() for p in table.processes)
+
+
 async def test_raw_output_is_not_kept_by_default_but_hashed() -> None:
     text = fixture("collector_procps.txt")
     table = await collect_process_table(os_type="linux", runner=ScriptedRunner(text), now=NOW)

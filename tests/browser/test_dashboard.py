@@ -179,3 +179,34 @@ async def test_dashboard_asks_for_a_token_when_it_is_rejected(dashboard):
         assert "rejected" in browser.find_element(By.ID, "token-error").text
     finally:
         await asyncio.to_thread(browser.quit)
+
+
+async def test_another_site_cannot_frame_the_dashboard(dashboard):
+    server, _ = dashboard
+    target = str(server.make_url("/"))
+
+    async def framing_page(request):
+        from aiohttp import web
+
+        return web.Response(text=f'<html><body><iframe id="victim" src="{target}" '
+                                 f'width="800" height="600"></iframe></body></html>',
+                            content_type="text/html")
+
+    from aiohttp import web
+
+    other = web.Application()
+    other.router.add_get("/", framing_page)
+    attacker = TestServer(other)  # another port: another origin
+    await attacker.start_server()
+    browser = await asyncio.to_thread(new_browser)
+    try:
+        await asyncio.to_thread(browser.get, str(attacker.make_url("/")))
+        frame = browser.find_element(By.ID, "victim")
+        # Chromium has refused the frame once the CSP violation is in the log.
+        WebDriverWait(browser, 30).until(lambda d: any(
+            "frame-ancestors" in e["message"] for e in d.get_log("browser")))
+        browser.switch_to.frame(frame)
+        assert browser.find_elements(By.ID, "token-card") == []  # nothing of ours rendered
+    finally:
+        await asyncio.to_thread(browser.quit)
+        await attacker.close()

@@ -80,6 +80,26 @@ CASES = [
      "collected_at", "in the future"),
     ("older_than_retention", mutated(_set("collected_at", iso(NOW - timedelta(days=31)))), {},
      422, "collected_at", "retention"),
+    # What PostgreSQL cannot hold is refused here, never dead-lettered after a 202.
+    ("nul_in_command", mutated(_set("processes.1.command", "evil\u0000arg")), {}, 422,
+     "processes[1].command", "NUL character"),
+    ("nul_in_hostname", mutated(_set("host.hostname", "web\u0000")), {}, 422,
+     "host.hostname", "NUL character"),
+    ("nul_in_raw_output", mutated(_set("snapshots", [{"source": "ps", "sha256": "a" * 64,
+                                                       "raw_output": "PID\u0000"}])),
+     {}, 422, "snapshots[0].raw_output", "NUL character"),
+    ("start_time_year_10000_in_utc",
+     mutated(_set("processes.0.start_time", "9999-12-31T23:59:59-23:59")), {}, 422,
+     "processes[0].start_time", "less than or equal to 2200-01-01"),
+    ("start_time_1_bc_in_utc",
+     mutated(_set("processes.0.start_time", "0001-01-01T00:00:00+23:59")), {}, 422,
+     "processes[0].start_time", "greater than or equal to 1970-01-01"),
+    ("collected_at_year_10000_in_utc",
+     mutated(_set("collected_at", "9999-12-31T23:59:59-23:59")), {}, 422,
+     "collected_at", "less than or equal to 2200-01-01"),
+    ("oldest_start_time_before_1970",
+     mutated(_set("process_groups.0.oldest_start_time", "1969-12-31T23:59:59Z")), {}, 422,
+     "process_groups[0].oldest_start_time", "greater than or equal to 1970-01-01"),
     ("wrong_content_type", mutated(lambda d: None), {"Content-Type": "text/plain"}, 415,
      "Content-Type", "application/json"),
     ("wrong_charset", mutated(lambda d: None),
@@ -225,4 +245,20 @@ async def test_integer_beyond_64_bits_is_a_422_echoing_it_as_text(gateway, redis
     error = (await response.json())["error"]
     assert error["field"] == "processes[0].pid"
     assert error["value"] == "1" + "0" * 30
+    assert await total_messages(redis, 4) == 0
+
+
+async def test_failed_token_attempts_are_rate_limited_per_source(make_gateway, redis):
+    gateway = await make_gateway(auth_failures_per_s=0.01, auth_failures_burst=3)
+    forged = gateway.headers("pf_000000000000_not-a-real-secret")
+    statuses = [(await gateway.post_report(report_doc(), headers=forged)).status
+                for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    # Once over, the source is refused before its token is looked at, a valid one included.
+    refused = await gateway.post_report(report_doc())
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+    error = (await refused.json())["error"]
+    assert error["field"] == "Authorization" and "failed token attempts" in error["reason"]
+    metrics = await (await gateway.client.get("/metrics")).text()
+    assert 'procfleet_gateway_rejected_total{reason="auth_failures"} 2.0' in metrics
     assert await total_messages(redis, 4) == 0

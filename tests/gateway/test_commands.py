@@ -94,6 +94,9 @@ async def test_raw_output_is_capped_in_the_snapshot_message(make_gateway, redis)
     ({"extra": 1}, "extra", "Extra inputs"),
     ({"timestamp": iso(datetime.now(UTC) + timedelta(days=1))}, "timestamp", "future"),
     ({"timestamp": iso(datetime.now(UTC) - timedelta(days=400))}, "timestamp", "retention"),
+    ({"timestamp": "9999-12-31T23:59:59-23:59"}, "timestamp", "less than or equal to 2200"),
+    ({"output": PS_AUX.replace("splash", "spl\x00ash")}, "output", "NUL character"),
+    ({"machine_name": "legacy\x00"}, "machine_name", "NUL character"),
 ])
 async def test_bad_commands_body_is_refused_and_enqueues_nothing(
     gateway, redis, change, field, reason
@@ -105,6 +108,28 @@ async def test_bad_commands_body_is_refused_and_enqueues_nothing(
     assert error["field"] == field
     assert reason.lower() in error["reason"].lower()
     assert await total_messages(redis, 4) == 0
+
+
+LEAKY_PS = PS_AUX + (
+    "root        4242  0.0  0.1 168532 13212 ?        Ss   10:00   0:00 "
+    "mysql -uroot -pHunter2Secret shop\n"
+    "app         4243  0.0  0.1 168532 13212 ?        Ss   10:00   0:00 "
+    "psql postgres://u:PgPw456@db.internal/shop\n")
+
+
+async def test_commands_are_scrubbed_in_rows_and_in_the_raw_output(gateway, redis):
+    response = await gateway.post("/v1/commands", commands_doc(LEAKY_PS))
+
+    assert response.status == 202
+    (messages,) = (await stream_entries(redis, 4)).values()
+    assert "Hunter2Secret" not in repr(messages) and "PgPw456" not in repr(messages)
+    rows = {row[2]: dict(zip(stream.COLUMNS["p"], row, strict=True))
+            for kind, row in messages if kind == "p"}
+    assert rows[4242]["command"].startswith("mysql -uroot -p******** ")
+    assert rows[4243]["command"] == "psql postgres://u:********@db.internal/shop"
+    snapshot = dict(zip(stream.COLUMNS["s"], messages[1][1], strict=True))
+    assert snapshot["raw_output"].endswith("psql postgres://u:********@db.internal/shop\n")
+    assert snapshot["sha256"] == hashlib.sha256(snapshot["raw_output"].encode()).hexdigest()
 
 
 async def test_commands_need_an_ingest_token(gateway, redis):

@@ -180,6 +180,30 @@ def test_forms_only_pydantic_reads_are_left_to_it():
         2026, 1, 1, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(("path", "value", "inside"), [
+    (("processes", 0, "start_time"), "2199-12-31T23:59:59-23:59", False),  # 2200-01-01T23:58Z
+    (("processes", 0, "start_time"), "2199-12-31T23:59:59+00:00", True),
+    (("processes", 0, "start_time"), "1970-01-01T00:30:00+01:00", False),  # 1969 in UTC
+    (("processes", 0, "start_time"), "1971-01-01T00:00:00+23:59", True),
+    (("process_groups", 0, "oldest_start_time"), "2200-01-01T00:59:00+01:00", True),
+    (("collected_at",), "2200-01-01T00:00:01Z", False),
+])
+def test_timestamp_bounds_are_instants_on_both_paths(path, value, inside):
+    doc = full_doc()
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    body = body_of(doc)
+    if inside:
+        assert plain(decode_report(body)) == plain(Report.model_validate_json(body))
+    else:
+        with pytest.raises(ValidationError):
+            Report.model_validate_json(body)
+        with pytest.raises(FastPathRefused):
+            decode_report(body)
+
+
 # -- generated bodies: whatever the fast path accepts, pydantic accepts with the same values --
 
 _LEAVES = [

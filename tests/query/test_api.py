@@ -99,6 +99,10 @@ async def test_unknown_server_ids_give_an_empty_result(query_gateway, seeded):
     ({"from": "2026-01-01T01:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to"),
     ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-09T00:00:00Z"}, "from"),
     ({"hours": "2", "from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z"}, "hours"),
+    # Instants Python or PostgreSQL cannot hold (year 10000 / 1 BC in UTC): 400, never 500.
+    ({"from": "9999-12-31T00:00:00-23:59", "to": "9999-12-31T23:59:59-23:59"}, "from"),
+    ({"from": "0001-01-01T00:00:00+23:59", "to": "0001-01-01T01:00:00+23:59"}, "from"),
+    ({"from": "2199-12-31T23:00:00Z", "to": "2200-01-01T00:00:01Z"}, "to"),
     ({"server_ids[]": "x" * 129}, "server_ids[]"),
     ([("metric", "cpu"), ("metric", "memory")], "metric"),
 ])
@@ -254,6 +258,9 @@ async def test_dashboard_is_served_without_a_token(query_gateway):
     assert "text/html" in response.headers["Content-Type"]
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     html = await response.text()
+    # No other site may frame the dashboard (clickjacking).
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
     assert "/static/app.js" in html and "/static/app.css" in html
     for asset in ("/static/app.js", "/static/chart.js", "/static/app.css"):
         assert (await query_gateway.client.get(asset)).status == 200, asset

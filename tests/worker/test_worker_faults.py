@@ -169,3 +169,69 @@ async def _wait_accepting(url: str) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def _waiting_on_a_lock(url: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"))
+    finally:
+        await conn.close()
+
+
+async def test_sigterm_stops_a_worker_stuck_in_a_write_within_its_shutdown_bound(
+        redis, settings, tmp_path):
+    messages = many_reports(3, processes=50)
+    log_path = tmp_path / "worker.log"
+    proc = start_worker(settings, log_path, PROCFLEET_WORKER_SHUTDOWN_TIMEOUT_S="1")
+    blocker = await asyncpg.connect(settings.database_url)
+    try:
+        await wait_until(lambda: _log_has(log_path, 'msg="worker started"'), timeout_s=60)
+        # Another session holds the table: the worker's batch waits on the lock for ever.
+        await blocker.execute("BEGIN; LOCK TABLE process_samples IN ACCESS EXCLUSIVE MODE")
+        await produce(redis, messages)
+        await wait_until(lambda: _waiting_on_a_lock(settings.database_url), timeout_s=60)
+        proc.send_signal(signal.SIGTERM)
+        # Bound: shutdown_timeout_s (1 s) + cancelling + closing the pool (5 s), far below
+        # this wait; the old worker never returned while the lock was held.
+        code = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        proc.kill()
+        await blocker.close()  # rolls the lock back
+    log_text = log_path.read_text()
+    assert code == 0, log_text
+    assert "batch not written at shutdown" in log_text
+    # Nothing was written and nothing acknowledged: the batch is handed back whole.
+    assert (await table_counts(settings.database_url))["process_samples"] == 0
+    assert (await stream_state(redis))["pending"] == len(messages)
+    await asyncio.sleep(0.2)  # claim idle below
+    worker = await run_burst(settings, claim_idle_ms=100)
+    assert await table_counts(settings.database_url) == expected_counts(messages)
+    assert await stream_state(redis) == {"length": 0, "pending": 0}
+    assert worker.summary.duplicates == 0
+
+
+async def _log_has(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
+async def test_poison_isolation_out_of_time_hands_the_rest_back_then_it_lands(
+        redis, settings):
+    good = report_messages("mixed", NOW - 10, processes=40)
+    poison = [("p", ("mixed", NOW - 10, 9000 + i, None, None, None, "bad\x00", "", *[None] * 9))
+              for i in range(3)]
+    await produce(redis, good + poison)
+
+    # A batch bound this short: the isolation resolves nothing and hands everything back.
+    first = await run_burst(settings, batch_timeout_s=1e-6)
+    assert (await table_counts(settings.database_url))["process_samples"] == 0
+    assert first.summary.dead_lettered == 0
+    assert (await stream_state(redis))["pending"] == len(good) + len(poison) - 1  # h landed
+
+    await asyncio.sleep(0.2)  # claim idle below
+    second = await run_burst(settings, claim_idle_ms=100)
+    assert await table_counts(settings.database_url) == expected_counts(good)
+    assert second.summary.dead_lettered == len(poison)
+    assert await stream_state(redis) == {"length": 0, "pending": 0}

@@ -157,8 +157,8 @@ async def test_start_batch_and_stop_lines(redis, settings, caplog):
     assert "hunter2" not in str(start.kv) and "postgres:***@" in start.kv["database_url"]
     assert start.kv["consumer"] == settings.consumer_name and start.kv["batch_size"] == 500
     [batch] = [r.kv for r in by_msg["batch"]]
-    assert batch.keys() == {"rows", "inserted", "duplicates", "dead_lettered", "insert_ms",
-                            "backlog"}
+    assert batch.keys() == {"rows", "inserted", "duplicates", "dead_lettered", "handed_back",
+                            "insert_ms", "backlog"}
     assert (batch["rows"], batch["inserted"], batch["duplicates"], batch["backlog"]) == (
         7, 7, 0, 0)
     stopped = by_msg["worker stopped"][0].kv

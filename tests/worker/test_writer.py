@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import asyncpg
@@ -109,3 +110,63 @@ def test_errors_from_values_are_poison_and_transport_errors_are_not():
     assert not is_poison(asyncpg.AdminShutdownError("shutting down"))
     assert not is_poison(asyncpg.UndefinedTableError("no table"))
     assert not is_poison(asyncpg.DeadlockDetectedError("deadlock"))
+
+
+def _poison_process(server_id: str, pid: int) -> tuple[str, tuple]:
+    return ("p", (server_id, TS, pid, None, None, None, "bad\x00", "", *[None] * 9))
+
+
+async def test_isolation_costs_one_statement_per_probe_and_upserts_servers_once(conn):
+    writer = await prepared(conn, "copy")
+    messages = [m for n in range(10) for m in report_messages(f"s{n}", TS, processes=40)]
+    poison_at = [5, 222, 401]
+    for index in poison_at:
+        messages[index] = _poison_process(messages[index][1][0], 9000 + index)
+    statements: list[str] = []
+    conn.add_query_logger(lambda record: statements.append(record.query))
+
+    result = await writer.commit(conn, messages)
+
+    assert [index for index, _ in result.poison] == poison_at
+    assert result.inserted_total == len(messages) - len(poison_at)
+    # After the first attempt (one statement per table + servers, or a failed COPY): probes
+    # of one INSERT each under a savepoint, the servers upsert once, nothing staged again.
+    isolation = statements[statements.index("BEGIN;", 1):]
+    assert not [q for q in isolation if q.startswith(("TRUNCATE", "COPY"))]
+    assert sum("INTO servers" in q for q in isolation) == 1
+    probes = sum(q.startswith("INSERT INTO process_samples") for q in isolation)
+    n, k = len(messages), len(poison_at)
+    assert probes <= 2 * k * math.ceil(math.log2(n)) + 1
+
+
+async def test_isolation_hands_back_what_it_has_not_resolved_by_the_deadline(conn):
+    writer = await prepared(conn, "copy")
+    messages = report_messages("slow", TS, processes=64)
+    for index in range(4, len(messages), 2):  # half the processes are poison
+        messages[index] = _poison_process("slow", 9000 + index)
+    ticks = iter(range(10_000))  # the clock moves one second per look
+
+    result = await writer.commit(conn, messages, deadline_s=20, clock=lambda: next(ticks))
+
+    resolved = {i for i, _ in result.poison} | set(result.handed_back)
+    assert result.handed_back and result.poison
+    landed = await conn.fetchval("SELECT count(*) FROM process_samples")
+    # Every message is exactly one of: landed, poison, handed back (unwritten).
+    process_indexes = [i for i, (kind, _) in enumerate(messages) if kind == "p"]
+    assert landed + len([i for i in process_indexes if i in resolved]) == len(process_indexes)
+    assert not set(result.handed_back) & {i for i, _ in result.poison}
+    assert result.inserted["process_samples"] == landed
+
+
+async def test_isolation_stops_at_once_when_the_worker_is_stopping(conn):
+    writer = await prepared(conn, "copy")
+    messages = report_messages("stopping", TS, processes=20)
+    messages[7] = _poison_process("stopping", 9007)
+
+    result = await writer.commit(conn, messages, stopping=lambda: True)
+
+    # Nothing probed: every message with rows is handed back; the host message (no rows of
+    # its own) is written by the one servers upsert.
+    assert result.poison == [] and result.handed_back == list(range(1, len(messages)))
+    assert await conn.fetchval("SELECT count(*) FROM process_samples") == 0
+    assert await conn.fetchval("SELECT count(*) FROM servers") == 1

@@ -1,0 +1,156 @@
+"""Command lines for the scrubber: ones that leak a secret (each with the secret it holds) and
+ordinary ones that hold none and must come through unchanged. Used by test_scrub_corpus.py
+and bench/bench_scrub.py."""
+
+from __future__ import annotations
+
+GHP = "ghp_aB3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5"
+GITHUB_PAT = ("github_pat_11ABCDEFG0abcdefghijkl_mnopQRSTuvwxYZ0123456789abcdefghij"
+              "KLMNOPQRSTUVWX")
+JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
+       ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+
+# (command line, the secret it leaks)
+LEAKS: list[tuple[str, str]] = [
+    # a keyword inside a longer word (Datadog's *secret* style)
+    ("java -jar app.jar --secretKey=Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    ("node server.js --secretKey Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    ("minio server /data --secretkey=Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    ("env SECRETKEY=Wq8xZk2Lm9 ./run.sh", "Wq8xZk2Lm9"),
+    ("vault-agent --secrets=Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    ("env APP_SECRETS=Wq8xZk2Lm9 gunicorn app:app", "Wq8xZk2Lm9"),
+    ("app --clientSecretValue Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    ("app --passwordFile-inline=Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    ("keycloak start --db-password-value=Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    ("env DJANGO_SECRET_KEY_VALUE=Wq8xZk2Lm9 python manage.py runserver", "Wq8xZk2Lm9"),
+    ("app --credentialsJson=Wq8xZk2Lm9", "Wq8xZk2Lm9"),
+    # programs that take a secret as a plain argument
+    ("aws configure set aws_secret_access_key wJalrXUtnFEMIK7MDENG", "wJalrXUtnFEMIK7MDENG"),
+    ("aws configure set aws_session_token FQoGZXIvYXdzEJr", "FQoGZXIvYXdzEJr"),
+    ("rabbitmqctl add_user deploy Rb7mqPass", "Rb7mqPass"),
+    ("rabbitmqctl change_password deploy Rb7mqPass", "Rb7mqPass"),
+    ("htpasswd -b /etc/nginx/.htpasswd admin Ht9Pass", "Ht9Pass"),
+    ("htpasswd -bc /etc/apache2/.htpasswd admin Ht9Pass", "Ht9Pass"),
+    ("htpasswd -nb admin Ht9Pass", "Ht9Pass"),
+    ("ldapsearch -x -D cn=admin,dc=example,dc=org -w LdapPw1 -b dc=example,dc=org",
+     "LdapPw1"),
+    ("ldapmodify -x -D cn=admin,dc=ex -w LdapPw1 -f change.ldif", "LdapPw1"),
+    ("sqlcmd -S db01 -U sa -P SqlPw9x -Q 'select 1'", "SqlPw9x"),
+    ("/opt/mssql-tools/bin/sqlcmd -S localhost -U SA -P SqlPw9x", "SqlPw9x"),
+    ("bcp dbo.t out t.dat -S db01 -U sa -P SqlPw9x -c", "SqlPw9x"),
+    ("smbclient //fs01/share -U backup%SmbPw77", "SmbPw77"),
+    ("smbclient -L fs01 -U 'corp\\backup%SmbPw77'", "SmbPw77"),
+    ("net use Z: \\\\fs01\\share /user:CORP\\backup NetPw55", "NetPw55"),
+    ("net use \\\\fs01\\ipc$ NetPw55 /user:CORP\\backup", "NetPw55"),
+    ("NET.EXE use Z: \\\\fs01\\share /user:backup NetPw55 /persistent:no", "NetPw55"),
+    ("schtasks /create /tn nightly /tr backup.cmd /sc daily /ru CORP\\svc /rp TaskPw3",
+     "TaskPw3"),
+    ("schtasks.exe /Create /S srv /U admin /P TaskPw3 /TN t /TR x.exe", "TaskPw3"),
+    # token shapes with no keyword
+    (f"curl -H 'X-Session: {JWT}' https://api.example.com", JWT),
+    (f"worker --session {JWT}", JWT),
+    (f"git push https://github.com/o/r {GHP}", GHP),
+    (f"gh-runner --pat {GITHUB_PAT}", GITHUB_PAT),
+    ("backup.sh AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("python charge.py sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+    ("python refund.py rk_live_51H8abcdefGHIJKLmnop", "rk_live_51H8abcdefGHIJKLmnop"),
+    ("notify https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+     "XXXXXXXXXXXXXXXXXXXXXXXX"),
+    ("slack-bot xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+     "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
+    ("glab-runner glpat-xY7zK9mN1pQ3sT5vX7zA", "glpat-xY7zK9mN1pQ3sT5vX7zA"),
+    # URL credentials
+    ("psql postgres://u:PgPw456@db.internal/shop", "PgPw456"),
+    ("redis-cli -u redis://default:RdPw123@cache:6379/0", "RdPw123"),
+    ("celery -A app worker -b amqp://guest:AmqpPw1@mq:5672//", "AmqpPw1"),
+    ("mongosh mongodb+srv://admin:MgPw777@cluster0.example.net/test", "MgPw777"),
+    ("pip install --index-url https://deploy:PipPw42@pypi.internal/simple pkg", "PipPw42"),
+    # the forms that always worked, kept in the corpus
+    ("mysql -uroot -pHunter2Secret shop", "Hunter2Secret"),
+    ("env PGPASSWORD=PgPw456 pg_dump shop", "PgPw456"),
+    ("redis-server --requirepass RdPw123", "RdPw123"),
+    ("java -Djavax.net.ssl.trustStorePassword=TsPw1 -jar a.jar", "TsPw1"),
+    ("curl -u admin:CurlPw9 https://x.example", "CurlPw9"),
+    ("app --api-key=ApiK3y55", "ApiK3y55"),
+    ("sshpass -p SshPw88 ssh backup@host", "SshPw88"),
+    ("docker login -u ci --password DockPw1 registry.example.com", "DockPw1"),
+    ("wget https://h.example/x?access_token=AcT0k3n&page=2", "AcT0k3n"),
+]
+
+# Ordinary command lines (from real hosts' ps outputs): no secret, must come through unchanged.
+ORDINARY: list[str] = [
+    "/sbin/init splash",
+    "[kthreadd]",
+    "[kworker/0:1-events]",
+    "/lib/systemd/systemd-timesyncd",
+    "@dbus-daemon --system --address=systemd: --nofork --nopidfile --systemd-activation",
+    "/usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/15/main "
+    "-c config_file=/etc/postgresql/15/main/postgresql.conf",
+    "postgres: 15/main: checkpointer",
+    "postgres: 15/main: app shop 10.0.0.7(51234) idle",
+    "/usr/sbin/mysqld",
+    "-bash",
+    "/usr/lib/firefox/firefox -contentproc -childID 3 -isForBrowser -prefsLen 31337 "
+    "-parentBuildID 20260301000000 tab",
+    "nginx: worker process",
+    "nginx: master process /usr/sbin/nginx -g daemon on; master_process on;",
+    "/usr/bin/python3 -m app.worker --queue q3 --concurrency 4",
+    "/usr/bin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock",
+    "/usr/bin/containerd-shim-runc-v2 -namespace moby -id 4f2a9c0e1b7d -address "
+    "/run/containerd/containerd.sock",
+    "/usr/local/bin/kubelet --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf "
+    "--kubeconfig=/etc/kubernetes/kubelet.conf --config=/var/lib/kubelet/config.yaml",
+    "kube-apiserver --advertise-address=10.0.0.5 --allow-privileged=true "
+    "--client-ca-file=/etc/kubernetes/pki/ca.crt",
+    "/usr/sbin/sshd -D",
+    "sshd: backup [priv]",
+    "ssh -p 2222 backup@host",
+    "docker run -p 8080:80 nginx",
+    "psql -h db -p 5432 -U app shop",
+    "mysql -u root -p shop",
+    "python serve.py --tokenizer-model bert --max-tokens 512 --author bob",
+    "kubectl create secret generic my-secret",
+    "/usr/lib/jvm/bin/java -Xmx512m -jar /opt/keycloak/lib/quarkus-run.jar",
+    "/usr/bin/redis-server 127.0.0.1:6379",
+    "/usr/bin/valkey-server *:6379",
+    "/usr/sbin/cron -f",
+    "/usr/sbin/rsyslogd -n -iNONE",
+    "/usr/bin/node /srv/app/dist/main.js --port 3000",
+    "/usr/local/bin/gunicorn app.wsgi:application --workers 4 --bind 0.0.0.0:8000",
+    "celery -A proj worker --loglevel=INFO --concurrency=8",
+    "/opt/prometheus/prometheus --config.file=/etc/prometheus/prometheus.yml "
+    "--storage.tsdb.path=/var/lib/prometheus",
+    "/usr/bin/process-exporter -config.path /etc/process-exporter/config.yml",
+    "/usr/sbin/chronyd -F 1",
+    "/usr/lib/snapd/snapd",
+    "/usr/bin/python3 /usr/bin/networkd-dispatcher --run-startup-triggers",
+    "git clone https://github.com/o/r.git",
+    "git clone ssh://git@github.com/o/r.git",
+    "curl -s https://example.com:8443/path?email=a@b.c",
+    "rsync -av /srv/data backup@nas:/backups",
+    "tar czf /backups/etc.tgz /etc",
+    "vim /etc/passwd",
+    "cat /etc/shadow",
+    "passwd bob",
+    "/usr/bin/gpg-agent --supervised",
+    "/usr/lib/openssh/sftp-server",
+    "aws s3 cp s3://bucket/key /tmp/key --region eu-west-1",
+    "aws configure set region eu-west-1",
+    "rabbitmqctl list_users",
+    "htpasswd -D /etc/nginx/.htpasswd olduser",
+    "ldapsearch -x -b dc=example,dc=org uid=bob",
+    "smbclient -L fs01 -N",
+    "net use Z: \\\\fs01\\share",
+    "schtasks /query /fo LIST /v",
+    "sqlcmd -S db01 -E -Q 'select @@version'",
+    "C:\\Windows\\System32\\svchost.exe -k netsvcs -p -s Schedule",
+    "C:\\Program Files\\Mozilla Firefox\\firefox.exe -contentproc --channel=1234",
+    "java -Dspring.profiles.active=prod -Dserver.port=8080 -jar /opt/app/app.jar",
+    "ruby bin/rails server -b 0.0.0.0 -e production",
+    "php-fpm: pool www",
+    "/usr/sbin/apache2 -k start",
+    "/usr/bin/tokenizer-service --workers 2",
+    "/usr/bin/passenger-status --verbose",
+    "app --author alice --authority-url https://auth.example.com",
+    "/usr/bin/asia-east1-sync --region asia-east1",
+]
