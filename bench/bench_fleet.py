@@ -2,7 +2,7 @@
 
     python bench/bench_fleet.py [--hosts 2500] [--interval 15] [--duration 60] [--warmup 15]
                                 [--workers 4] [--gateways 2] [--naive-duration 60]
-                                [--load-processes 2]
+                                [--load-processes 2] [--cluster valkey|redis]
 
 Two pipelines, one after the other in the same run, on the same embedded servers (Valkey with
 AOF, PostgreSQL with ``track_commit_timestamp``), each into a fresh database and fresh streams:
@@ -20,6 +20,12 @@ commit timestamps, the backlog (lag + pending) every second, and the CPU of ever
 from /proc. Then the engineered pipeline drains and every acknowledged report is checked to
 be complete. Embedded servers are used unless REDIS_URL / DATABASE_URL are set (latency needs
 ``track_commit_timestamp = on`` on such a server).
+
+``--cluster ENGINE`` adds a third pipeline after those two, the engineered one again over a
+local cluster of 3 masters + 3 replicas of ``valkey`` (the wheel's) or ``redis`` (the
+machine's), started here (tests/support/redis_cluster.py) with ``--cluster-shards`` shards:
+the same load, side by side with the single Valkey, with the CPU of every node ("valkey"
+then sums the masters and replicas; "valkey masters" / "busiest master" split it).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from bench.fleet_report import Run, print_results  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from ingest_gateway import stream  # noqa: E402
 from ingest_gateway.auth import TokenStore  # noqa: E402
+from ingest_gateway.ingest.cluster import open_client  # noqa: E402
 from migrations.runner import migrate  # noqa: E402
 from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey, free_port  # noqa: E402
 from procfleet.stack import Child  # noqa: E402
@@ -93,6 +100,10 @@ async def reset_streams(redis: Redis) -> None:
     """Delete the streams, dedupe keys and shard count of a previous run (tokens stay)."""
     doomed = [key async for key in redis.scan_iter(match=f"{stream.KEY_PREFIX}*", count=5000)
               if key != stream.TOKENS_KEY.encode()]
+    if hasattr(redis, "nodes_manager"):  # a cluster: one key (one slot) per DEL
+        for key in doomed:
+            await redis.delete(key)
+        return
     for i in range(0, len(doomed), 5000):
         await redis.delete(*doomed[i:i + 5000])
 
@@ -131,14 +142,16 @@ async def loads_ready(loads: list[Child], timeout_s: float = 120.0) -> float:
 
 async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admin_url: str,
                        token_file: Path, scratch: Path) -> Run:
-    duration_s = args.duration if name == "engineered" else args.naive_duration
+    engineered = name != "naive"
+    duration_s = args.duration if engineered else args.naive_duration
+    shards = args.cluster_shards if name == "cluster" else SHARDS
     run = Run(name, args.hosts / args.interval, duration_s)
     database_url = await fresh_database(admin_url, f"fleet_{name}")
-    redis = Redis.from_url(redis_url, protocol=2)
+    redis = await open_client(redis_url, 10)
     await reset_streams(redis)
     logs = scratch / "logs" / name
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROCFLEET_")}
-    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, PROCFLEET_SHARDS=str(SHARDS),
+    env.update(REDIS_URL=redis_url, DATABASE_URL=database_url, PROCFLEET_SHARDS=str(shards),
                PROCFLEET_RATE_LIMIT_PER_S="0", PROCFLEET_WORKER_SUMMARY_INTERVAL_S="10",
                PROCFLEET_WAIT_AOF="true" if args.wait_aof else "false")
     procfleet = [sys.executable, "-m", "procfleet"]
@@ -151,7 +164,7 @@ async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admi
         gateway.start()
     for gateway, port in zip(gateways, ports, strict=True):
         await wait_ready(f"http://127.0.0.1:{port}", gateway)
-    if name == "engineered":
+    if engineered:
         consumers = [Child(f"worker-{n}", [*procfleet, "worker", "--no-migrate"],
                            {**env, "PROCFLEET_WORKER_CONSUMER": f"bench-{n}"},
                            logs / f"worker-{n}.log") for n in range(args.workers)]
@@ -177,7 +190,7 @@ async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admi
             env, logs / f"load-{k}.log"))
     probe = CpuProbe({
         "gateway": [g.proc.pid for g in gateways], "workers": [c.proc.pid for c in consumers],
-        "load generator": [], "valkey": [args.valkey_pid] if args.valkey_pid else [],
+        "load generator": [], **valkey_roots(args, name),
         "postgres": [args.postgres_pid] if args.postgres_pid else []})
     for child in loads:
         child.start()
@@ -193,7 +206,7 @@ async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admi
         if not probing and now >= window[0]:
             probe.start()
             probing = True
-        depth = await backlog(redis, SHARDS)
+        depth = await backlog(redis, shards)
         if window[0] <= now < window[1]:
             run.backlog_samples.append(depth)
         if probing and now >= window[1] and not run.cores:
@@ -203,10 +216,10 @@ async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admi
         await asyncio.sleep(1.0 - (time.time() - now) % 1.0)
     if not run.cores:
         run.cores = probe.stop(time.time() - window[0])
-    run.backlog_end = await backlog(redis, SHARDS)
-    if name == "engineered":
+    run.backlog_end = await backlog(redis, shards)
+    if engineered:
         drain_started = time.monotonic()
-        while await backlog(redis, SHARDS) and time.monotonic() - drain_started < DRAIN_TIMEOUT_S:
+        while await backlog(redis, shards) and time.monotonic() - drain_started < DRAIN_TIMEOUT_S:
             await asyncio.sleep(0.5)
         run.drain_s = time.monotonic() - drain_started
     for child in [*consumers, *gateways]:
@@ -223,7 +236,7 @@ async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admi
     run.reports_in_window = len(in_window)
     run.latencies_s = result.latencies_s(*window)
     run.reports_landed_in_window = len(run.latencies_s)
-    if name == "engineered":
+    if engineered:
         want = expected_rows(reports)
         complete = sum(result.reports.get(key, (0, 0))[1] == n + want[
             "process_group_samples"].get(key, 0) for key, n in want["process_samples"].items())
@@ -231,8 +244,20 @@ async def run_pipeline(name: str, args: argparse.Namespace, redis_url: str, admi
     return run
 
 
+def valkey_roots(args: argparse.Namespace, name: str) -> dict[str, list[int]]:
+    """The CPU probe's Redis trees: the single Valkey, or every node of the cluster."""
+    if name != "cluster":
+        return {"valkey": [args.valkey_pid] if args.valkey_pid else []}
+    cluster = args.cluster_servers
+    masters = [n.proc.pid for n in cluster.current_masters()]
+    roots = {"valkey": [n.proc.pid for n in cluster.nodes],
+             "valkey masters": masters}
+    roots.update({f"master {k}": [pid] for k, pid in enumerate(masters)})
+    return roots
+
+
 async def prepare(redis_url: str, token_file: Path) -> None:
-    redis = Redis.from_url(redis_url, protocol=2)
+    redis = await open_client(redis_url, 10)
     try:
         _, token = await TokenStore(redis).create("ingest", "bench_fleet")
     finally:
@@ -274,12 +299,36 @@ async def main(args: argparse.Namespace, scratch: Path) -> None:
         if args.naive_duration > 0:
             runs.append(await run_pipeline("naive", args, redis_url, admin_url, token_file,
                                            scratch))
+        if args.cluster:
+            from tests.support.redis_cluster import LocalCluster
+
+            cluster = LocalCluster(args.cluster, scratch / "cluster").start()
+            servers.append(cluster)
+            args.cluster_servers = cluster
+            cluster_token = scratch / "cluster-token"
+            await prepare(cluster.url(), cluster_token)
+            runs.append(await run_pipeline("cluster", args, cluster.url(), admin_url,
+                                           cluster_token, scratch))
+            print_cluster(runs[-1])
         print_results(runs, args)
         print(f"box speed: the reference loop (bench/fleet_measure.py) took "
               f"{reference_loop_ms():.0f} ms of one core after the run")
     finally:
         for server in servers:
             server.stop()
+
+
+def print_cluster(run: Run) -> None:
+    """What one master costs: CPU per accepted row, all masters and the busiest one."""
+    rows_s = max(run.accepted_rows_per_s, 1e-9)
+    masters = {k: v for k, v in run.cores.items() if k.startswith("master ")}
+    busiest = max(masters.values(), default=0.0)
+    print(f"cluster: nodes {run.cores.get('valkey', 0):.2f} cores, masters "
+          f"{run.cores.get('valkey masters', 0):.2f} cores "
+          f"({run.cores.get('valkey masters', 0) / rows_s * 1e6:.1f} us per row), busiest "
+          f"master {busiest:.2f} cores ({busiest / rows_s * 1e6:.1f} us per row of the whole "
+          f"load), replicas {run.cores.get('valkey', 0) - run.cores.get('valkey masters', 0):.2f}"
+          f" cores", flush=True)
 
 
 if __name__ == "__main__":
@@ -294,6 +343,10 @@ if __name__ == "__main__":
                         help="gateways answer after the AOF fsync (PROCFLEET_WAIT_AOF)")
     parser.add_argument("--naive-duration", type=float, default=60.0, help="0 skips it")
     parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--cluster", choices=("valkey", "redis"),
+                        help="also run the engineered pipeline over a local 3+3 cluster")
+    parser.add_argument("--cluster-shards", type=int, default=12,
+                        help="PROCFLEET_SHARDS on the cluster (spread over its masters)")
     parser.add_argument("--load-nice", type=int, default=10,
                         help="nice value of the load generator processes (0: same priority)")
     parser.add_argument("--compress-level", type=int, default=1,

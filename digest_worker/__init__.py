@@ -4,6 +4,7 @@
     redis_client.py  RESP2 clients (hiredis packing, raw stream replies), the shard count
     streams.py     the consumer side of the stream contract (group, reads, claims, acks,
                    following the shard count, forgetting departed consumers)
+    cluster_streams.py  the same on a Redis Cluster: one command per shard, polled reads
     batch.py       a batch in hand: entries, decoded messages, entries set aside
     rows.py        decoded messages → table rows
     timestamps.py  the epoch-seconds timestamptz codec of the worker's connections

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError
 from agent.errors import ProcfleetError
 from digest_worker import partitions, redis_client, rollup, streams
 from digest_worker.batch import INSERT_FAILED, Batch, decode_batch
+from digest_worker.cluster_streams import ClusterGroupConsumer
 from digest_worker.metrics import WorkerMetrics
 from digest_worker.monitor import WorkerSummary, every, log_summary
 from digest_worker.retrying import retry_until_stopped
@@ -119,14 +120,19 @@ class Worker:
         """Consume until ``stop()`` (or, in burst mode, until the streams are drained)."""
         self.summary.started_at = time.monotonic()
         settings = self.settings
-        commands = redis_client.connect(settings.redis_url, settings.socket_timeout_s)
-        reader = redis_client.connect(settings.redis_url, settings.socket_timeout_s,
-                                 single_connection=True)
+        commands = reader = None
         background: list[asyncio.Task] = []
         try:
+            commands, reader = await self._retry(
+                "redis", redis_client.open_clients, settings.redis_url,
+                settings.socket_timeout_s)
             shards = await self._retry("redis", redis_client.shard_count, commands, settings.shards)
-            self.consumer = GroupConsumer(commands, reader, settings.consumer_name, shards,
-                                          settings.dead_letter_maxlen)
+            if reader is None:  # a cluster: one command per shard, reads poll
+                self.consumer = ClusterGroupConsumer(commands, settings.consumer_name, shards,
+                                                     settings.dead_letter_maxlen)
+            else:
+                self.consumer = GroupConsumer(commands, reader, settings.consumer_name, shards,
+                                              settings.dead_letter_maxlen)
             self._active_shards = shards
             await self._retry("redis", self.consumer.ensure_groups)
             self.pool = await self._retry("database", self._create_pool)
@@ -162,8 +168,10 @@ class Worker:
                     await asyncio.wait_for(self.pool.close(), POOL_CLOSE_TIMEOUT_S)
                 except TimeoutError:  # a connection stuck in a query: do not wait on it
                     self.pool.terminate()
-            await reader.aclose()
-            await commands.aclose()
+            if reader is not None:
+                await reader.aclose()
+            if commands is not None:
+                await commands.aclose()
             log.info("worker stopped",
                      extra={"kv": {"reason": self._stop_reason, **self.summary.as_kv()}})
         return self.summary

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from agent.errors import ProcfleetError
@@ -25,6 +25,8 @@ from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE, Ga
 from ingest_gateway.auth import TokenCache, TokenStore
 from ingest_gateway.ingest import routes as ingest_routes
 from ingest_gateway.ingest.backpressure import BacklogMonitor, sleep_unless_stopping
+from ingest_gateway.ingest.cluster import ClusterRouter, is_cluster
+from ingest_gateway.ingest.cluster_enqueue import ClusterEnqueuer, barrier_key
 from ingest_gateway.ingest.durability import AofBarrier
 from ingest_gateway.ingest.enqueue import Enqueuer
 from ingest_gateway.ingest.resp import ConnectParams, RespPool
@@ -78,19 +80,90 @@ async def _refresh_tokens(tokens: TokenCache, every_s: float, stopping: asyncio.
             failing = True
 
 
+async def _connect(settings: GatewaySettings) -> tuple[Redis, bool, ConnectParams]:
+    """The control-plane client (tokens, shard count, groups, backlog), whether ``REDIS_URL``
+    names a cluster node, and the fast path's connection parameters. On a cluster the
+    client is a ``RedisCluster`` that learned every node from the one in the URL."""
+    seed = Redis.from_url(
+        settings.redis_url, protocol=2, socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    try:
+        await _wait_for_redis(seed, settings)
+        clustered = await is_cluster(seed)
+        params = ConnectParams.from_redis(seed)
+    except BaseException:
+        await seed.aclose()
+        raise
+    if not clustered:
+        return seed, False, params
+    await seed.aclose()
+    if params.db:
+        raise GatewayStartError(f"REDIS_URL {mask_url(settings.redis_url)} names database "
+                                f"{params.db}, but a cluster has database 0 only")
+    client = RedisCluster.from_url(
+        settings.redis_url, protocol=2, socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    await client.initialize()
+    return client, True, params
+
+
+async def _enqueue_path(settings: GatewaySettings, state: GatewayState,
+                        params: ConnectParams) -> None:
+    """The fast path's pools, enqueuer and durability barrier(s), on one server or a cluster."""
+    # WAITAOF 1 N covers both waits in one: give it the longer of the two timeouts.
+    barrier_options = dict(
+        wait_aof_timeout_ms=max(
+            settings.wait_aof_timeout_ms if state.wait_aof else 0,
+            settings.wait_replicas_timeout_ms if settings.wait_replicas else 0),
+        timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
+        wait_aof=state.wait_aof, replicas=settings.wait_replicas)
+    wants_barrier = state.wait_aof or settings.wait_replicas > 0
+    if state.clustered:
+        router = state.router = ClusterRouter(
+            params, pool_size=settings.redis_pool_size, timeout_s=settings.redis_timeout_s)
+        await router.refresh()
+
+        def shard_barrier(shard: int) -> AofBarrier:
+            key = barrier_key(shard)
+            slot = ClusterRouter.slot_of_key(key)
+            return AofBarrier(lambda: router.pool_for_slot(slot), key=key,
+                              on_failure=router.note_failure, **barrier_options)
+
+        state.enqueuer = ClusterEnqueuer(
+            router, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
+            timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
+            barrier=shard_barrier if wants_barrier else None,
+        )
+        return
+    state.pool = RespPool(params, size=settings.redis_pool_size,
+                          timeout_s=settings.redis_timeout_s)
+    if wants_barrier:
+        state.barrier = AofBarrier(state.pool, **barrier_options)
+    state.enqueuer = Enqueuer(
+        state.pool, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
+        timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
+        barrier=state.barrier,
+    )
+
+
 async def _clients(app: web.Application) -> AsyncIterator[None]:
     """Redis clients and background tasks: created on startup, closed on cleanup."""
     settings, metrics, state = app[SETTINGS], app[METRICS], app[STATE]
     own_redis = state.redis is None
-    redis = state.redis or Redis.from_url(
-        settings.redis_url, protocol=2, socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
-    state.redis = redis
     tasks: list[asyncio.Task] = []
     stopping = asyncio.Event()
+    redis: Redis | None = state.redis
     try:
-        await _wait_for_redis(redis, settings)
+        if redis is None:
+            redis, state.clustered, params = await _connect(settings)
+        else:
+            await _wait_for_redis(redis, settings)
+            state.clustered = isinstance(redis, RedisCluster)
+            params = (ConnectParams.from_redis(redis) if not state.clustered
+                      else ConnectParams.from_redis(Redis.from_url(settings.redis_url)))
+        state.redis = redis
         await register_shards(redis, settings.shards)
         for shard in range(settings.shards):
             await ensure_group(redis, shard)
@@ -99,17 +172,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             if not state.wait_aof:
                 log.warning("wait_aof requested but unavailable: answering once messages are "
                             "in memory", extra={"kv": {"reason": why_not}})
-        state.pool = RespPool(ConnectParams.from_redis(redis), size=settings.redis_pool_size,
-                              timeout_s=settings.redis_timeout_s)
-        if state.wait_aof:
-            state.barrier = AofBarrier(
-                state.pool, wait_aof_timeout_ms=settings.wait_aof_timeout_ms,
-                timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s)
-        state.enqueuer = Enqueuer(
-            state.pool, shards=settings.shards, dedupe_ttl_s=settings.dedupe_ttl_s,
-            timeout_s=settings.redis_timeout_s, retry_after_s=settings.retry_after_s,
-            barrier=state.barrier,
-        )
+        await _enqueue_path(settings, state, params)
         state.tokens = TokenCache(TokenStore(redis))
         await state.tokens.refresh()
         state.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
@@ -126,7 +189,8 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
                                 name="token-refresh"),
         ]
         log.info("gateway started", extra={"kv": {**settings.describe(),
-                                                  "wait_aof_active": state.wait_aof}})
+                                                  "wait_aof_active": state.wait_aof,
+                                                  "cluster": state.clustered}})
         yield
     finally:
         stopping.set()
@@ -138,9 +202,13 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
                 await asyncio.wait(late, timeout=1.0)
         if state.barrier is not None:
             await state.barrier.close()
+        if isinstance(state.enqueuer, ClusterEnqueuer):
+            await state.enqueuer.close()
+        if state.router is not None:
+            await state.router.close()
         if state.pool is not None:
             await state.pool.close()
-        if own_redis:
+        if own_redis and redis is not None:
             await asyncio.wait_for(redis.aclose(), settings.redis_timeout_s)
         if tasks:
             log.info("gateway stopped", extra={"kv": dict(state.totals)})

@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 
 from ingest_gateway.auth import TokenCache
 from ingest_gateway.ingest.backpressure import BacklogMonitor
+from ingest_gateway.ingest.cluster import ClusterRouter
+from ingest_gateway.ingest.cluster_enqueue import ClusterEnqueuer
 from ingest_gateway.ingest.durability import AofBarrier
 from ingest_gateway.ingest.enqueue import Enqueuer
 from ingest_gateway.ingest.resp import RespPool
@@ -31,8 +33,10 @@ class GatewayState:
 
     redis: Redis | None = None
     pool: RespPool | None = None
-    enqueuer: Enqueuer | None = None
-    barrier: AofBarrier | None = None  # set when WAITAOF is asked for and supported
+    enqueuer: Enqueuer | ClusterEnqueuer | None = None
+    barrier: AofBarrier | None = None  # single node: set when WAITAOF / WAIT is asked for
+    router: ClusterRouter | None = None  # set when REDIS_URL names a cluster node
+    clustered: bool = False
     tokens: TokenCache | None = None
     monitor: BacklogMonitor | None = None
     limiter: RateLimiter | None = None

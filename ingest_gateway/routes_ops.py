@@ -41,7 +41,8 @@ async def readyz(request: web.Request) -> web.Response:
             status=503, headers={"Retry-After": str(settings.retry_after_s)},
         )
     return json_response({"status": "ready", "shards": settings.shards,
-                          "wait_aof": state.wait_aof})
+                          "wait_aof": state.wait_aof, "cluster": state.clustered,
+                          "wait_replicas": settings.wait_replicas})
 
 
 async def metrics(request: web.Request) -> web.Response:

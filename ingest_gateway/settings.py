@@ -55,6 +55,11 @@ class GatewaySettings(Settings):
     retry_after_s: int = setting(5, "PROCFLEET_RETRY_AFTER_S", _count(86_400))
     wait_aof: bool = setting(False, "PROCFLEET_WAIT_AOF", BOOLEAN)
     wait_aof_timeout_ms: int = setting(1_000, "PROCFLEET_WAIT_AOF_TIMEOUT_MS", _count(600_000))
+    # WAIT for this many replicas (per master on a cluster) before a 2xx; 0: do not wait
+    wait_replicas: int = setting(0, "PROCFLEET_WAIT_REPLICAS", integer(0, 100))
+    # then 503 + Retry-After
+    wait_replicas_timeout_ms: int = setting(1_000, "PROCFLEET_WAIT_REPLICAS_TIMEOUT_MS",
+                                            _count(600_000))
     tls_cert_file: str | None = setting(None, "PROCFLEET_TLS_CERT", text())
     tls_key_file: str | None = setting(None, "PROCFLEET_TLS_KEY", text())
     # per token; 0 turns the limit off
@@ -84,10 +89,18 @@ class GatewaySettings(Settings):
     shutdown_timeout_s: float = setting(30.0, "PROCFLEET_SHUTDOWN_TIMEOUT_S", _seconds())
     # Query API only (query/routes.py): the pool is created lazily, so ingest runs without it.
     database_url: str = setting(DEFAULT_DATABASE_URL, "DATABASE_URL", DATABASE_URL)
+    # Where the query API reads (e.g. a streaming replica); unset: database_url.
+    query_database_url: str | None = setting(None, "PROCFLEET_QUERY_DATABASE_URL",
+                                             DATABASE_URL)
 
     def check_together(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise self.invalid("tls_cert_file", "TLS needs both a certificate and a key file")
+
+    @property
+    def effective_query_database_url(self) -> str:
+        """The query API's database: ``PROCFLEET_QUERY_DATABASE_URL``, else ``DATABASE_URL``."""
+        return self.query_database_url or self.database_url
 
     @classmethod
     def from_env(cls, environ, **overrides) -> GatewaySettings:

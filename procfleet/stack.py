@@ -158,14 +158,13 @@ class Stack:
         tmp.replace(path)
 
     async def _prepare(self) -> None:
-        from redis.asyncio import Redis
-
         from ingest_gateway.auth import TokenStore, hash_token, split_token
+        from ingest_gateway.ingest.cluster import open_client
         from migrations.runner import migrate
 
         applied = await migrate(self.database_url)
         log.info("migrations applied", extra={"kv": {"count": len(applied)}})
-        redis = Redis.from_url(self.redis_url, protocol=2)
+        redis = await open_client(self.redis_url, 10)  # REDIS_URL may name a cluster node
         try:
             store = TokenStore(redis)
             known = await store.load()

@@ -192,6 +192,19 @@ PATHS: dict[str, Any] = {
             _SOURCE],
         "responses": _responses(SNAPSHOT_RESPONSE, "404"),
     }},
+    "/api/database": {"get": {
+        "summary": "The query database: primary or streaming replica, and the replica's lag",
+        "description": "lag_s is 0 when the replica replayed all it received, else the age of "
+                       "its last replayed transaction; streaming says whether it is connected "
+                       "to its primary now.",
+        "security": _SECURITY,
+        "responses": _responses({"type": "object", "properties": {
+            "role": {"enum": ["primary", "replica"]},
+            "lag_s": {"type": ["number", "null"]},
+            "streaming": {"type": ["boolean", "null"]},
+            "receive_lsn": {"type": ["string", "null"]},
+            "replay_lsn": {"type": ["string", "null"]}}}),
+    }},
     "/": {"get": {
         "summary": "The dashboard (HTML; asks for a read token, kept in localStorage, or "
                    "takes it from the #token= fragment)",

@@ -4,10 +4,12 @@
     GET /api/processes/{name}/series       one name over time
     GET /api/servers                       known servers
     GET /api/servers/{server_id}/processes latest snapshot of one host
+    GET /api/database                      primary or replica, and the replica's lag
     GET /                                  the dashboard (static files under /static/)
 
 PostgreSQL is reached through ``QueryDatabase``, whose pool is created on first use: the
 gateway starts and ingests while PostgreSQL is down, and these routes answer 503 meanwhile.
+It reads ``PROCFLEET_QUERY_DATABASE_URL`` (a streaming replica, say), else ``DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ingest_gateway.guards import require_scope
 from ingest_gateway.query import openapi_paths
 from ingest_gateway.query.database import QueryDatabase
 from ingest_gateway.query.params import parse_series, parse_top
+from ingest_gateway.query.replication import replication_status
 from ingest_gateway.query.series import process_series
 from ingest_gateway.query.servers import host_snapshot, list_servers, parse_snapshot
 from ingest_gateway.query.top import top_processes
@@ -98,6 +101,15 @@ async def server_processes(request: web.Request) -> web.Response:
     return json_response(snapshot)
 
 
+async def database(request: web.Request) -> web.Response:
+    """Whether the query API reads a replica, and how far behind it is."""
+    await require_scope(request, READ_SCOPE)
+    async with request.app[QUERY_DB].connection() as conn:
+        status = await replication_status(conn)
+    _note(request, time.monotonic(), role=status["role"], lag_s=status["lag_s"])
+    return json_response(status)
+
+
 async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers=DASHBOARD_HEADERS)
 
@@ -121,13 +133,15 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 def setup(app: web.Application) -> None:
     """Register the query routes, the dashboard and their OpenAPI path items."""
     settings = app[SETTINGS]
-    app[QUERY_DB] = QueryDatabase(settings.database_url, retry_after_s=settings.retry_after_s)
+    app[QUERY_DB] = QueryDatabase(settings.effective_query_database_url,
+                                  retry_after_s=settings.retry_after_s)
     app.cleanup_ctx.append(_database)
     app.router.add_get("/api/processes/top", top)
     # Names may contain "/" (kworker/0:1): the client percent-encodes it.
     app.router.add_get("/api/processes/{name:.+}/series", series)
     app.router.add_get("/api/servers", servers)
     app.router.add_get("/api/servers/{server_id}/processes", server_processes)
+    app.router.add_get("/api/database", database)
     app.router.add_get("/", dashboard)
     app.router.add_get("/static/{file}", static_file)
     app[OPENAPI_PATHS].update(openapi_paths.PATHS)

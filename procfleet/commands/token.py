@@ -33,11 +33,11 @@ def _format_time(epoch_s: float) -> str:
 
 async def _run(args: argparse.Namespace, redis_url: str) -> int:
     import orjson
-    from redis.asyncio import Redis
 
     from ingest_gateway.auth import TokenStore
+    from ingest_gateway.ingest.cluster import open_client
 
-    redis = Redis.from_url(redis_url, protocol=2, socket_connect_timeout=5, socket_timeout=5)
+    redis = await open_client(redis_url, 5)  # a cluster node's URL gives a cluster client
     try:
         store = TokenStore(redis)
         if args.token_command == "create":

@@ -159,3 +159,19 @@ async def test_password_and_database_of_the_url_apply_to_the_fast_path(make_gate
         assert await db2.xlen(stream.sample_stream(stream.shard_for("db2", 4))) == 5
     finally:
         await db2.aclose()
+
+
+async def test_wait_replicas_without_replicas_is_503_on_a_single_server(make_gateway,
+                                                                        valkey_client):
+    server, client = valkey_client  # a server of this test's own: it has no replica
+    gateway = await make_gateway(url=server.url, wait_replicas=1,
+                                 wait_replicas_timeout_ms=100)
+    doc = report_doc(processes=2)
+
+    response = await gateway.post_report(doc)
+
+    assert response.status == 503 and response.headers["Retry-After"] == "3"
+    assert (await response.json())["error"]["reason"].startswith(
+        "0 of 1 replicas acknowledged within 100 ms (WAIT)")
+    # Not remembered as seen: the agent's retry is enqueued again, not answered "duplicate".
+    assert await client.exists(stream.report_seen_key(doc["report_id"])) == 0

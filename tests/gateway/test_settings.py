@@ -50,6 +50,10 @@ def test_environment_values_are_parsed_by_type():
     ({"PROCFLEET_TLS_CERT": "/only/cert.pem"}, "PROCFLEET_TLS_CERT"),
     ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
     ({"PROCFLEET_REDIS_TIMEOUT_S": "inf"}, "PROCFLEET_REDIS_TIMEOUT_S"),
+    ({"PROCFLEET_WAIT_REPLICAS": "-1"}, "PROCFLEET_WAIT_REPLICAS"),
+    ({"PROCFLEET_WAIT_REPLICAS": "one"}, "PROCFLEET_WAIT_REPLICAS"),
+    ({"PROCFLEET_WAIT_REPLICAS_TIMEOUT_MS": "0"}, "PROCFLEET_WAIT_REPLICAS_TIMEOUT_MS"),
+    ({"PROCFLEET_QUERY_DATABASE_URL": "mysql://replica/x"}, "PROCFLEET_QUERY_DATABASE_URL"),
 ])
 def test_invalid_values_name_the_variable_and_the_value(env, key):
     with pytest.raises(ConfigError) as raised:
@@ -63,3 +67,16 @@ def test_password_is_masked_in_the_startup_settings():
     assert "hunter2" not in str(settings.describe())
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
     assert mask_url("rediss://:pw@cache:6380/1") == "rediss://:***@cache:6380/1"
+
+
+def test_wait_replicas_and_the_query_database_are_read_from_the_environment():
+    settings = GatewaySettings.from_env({
+        "DATABASE_URL": "postgresql://app@primary/procfleet",
+        "PROCFLEET_QUERY_DATABASE_URL": "postgresql://app:s3cret@replica/procfleet",
+        "PROCFLEET_WAIT_REPLICAS": "1", "PROCFLEET_WAIT_REPLICAS_TIMEOUT_MS": "250"})
+    assert (settings.wait_replicas, settings.wait_replicas_timeout_ms) == (1, 250)
+    assert settings.effective_query_database_url == "postgresql://app:s3cret@replica/procfleet"
+    assert "s3cret" not in str(settings.describe())
+    plain = GatewaySettings.from_env({"DATABASE_URL": "postgresql://app@primary/procfleet"})
+    assert plain.effective_query_database_url == "postgresql://app@primary/procfleet"
+    assert plain.wait_replicas == 0

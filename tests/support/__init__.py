@@ -5,6 +5,8 @@ module, never through ``sys.path``).
     reports.py   report bodies as an agent sends them, and readers of the streams
     gateway.py   the gateway factory fixture (ingest + query routes, one token per scope)
     worker.py    stream messages as the gateway enqueues them, a burst worker, table counts
+    redis_cluster.py  a real Redis / Valkey cluster on loopback ports, and its faults
+    pg_replica.py     a streaming replica of an embedded PostgreSQL
 
 ``gateway.py``'s fixtures are registered for every suite by ``tests/conftest.py``
 (``pytest_plugins``). Free ports come from ``procfleet.embedded.free_port``.
