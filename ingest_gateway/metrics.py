@@ -31,6 +31,12 @@ class GatewayMetrics:
         self.enqueued_bytes = Counter(
             "procfleet_gateway_enqueued_bytes_total", "Stream message payload bytes added",
             registry=r)
+        self.contract_fallbacks = Counter(
+            "procfleet_gateway_contract_fallbacks_total",
+            "Report bodies the msgspec fast path refused and pydantic then decided, by outcome "
+            "(accepted: a form only pydantic reads; a rising rate means the fast path fell "
+            "behind the contract and every such report costs pydantic's CPU)",
+            ["outcome"], registry=r)
         self.rejected = Counter(
             "procfleet_gateway_rejected_total", "Refused requests by reason", ["reason"],
             registry=r)
@@ -49,6 +55,9 @@ class GatewayMetrics:
             "procfleet_gateway_backlog_messages",
             "Messages the digest group has not finished, per shard (refreshed every second)",
             ["shard"], registry=r)
+
+    def count_fallback(self, outcome: str) -> None:
+        self.contract_fallbacks.labels(outcome).inc()
 
     def set_backlog(self, shard: int, backlog: int) -> None:
         self.backlog.labels(str(shard)).set(backlog)

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import re
 import types
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import msgspec
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic.types import StringConstraints
 
@@ -71,13 +72,34 @@ def decode_report(body: bytes) -> Any:
     return report
 
 
-def validate_report(body: bytes) -> Any:
-    """The report in ``body``: the fast path's Structs, else pydantic's models; raises
-    pydantic's ``ValidationError`` (which names the field and the reason) for an invalid one."""
+def validate_report(body: bytes,
+                    on_fallback: Callable[[str], None] | None = None) -> Any:
+    """The report in ``body`` as the fast path's Structs, whichever library decided; raises
+    pydantic's ``ValidationError`` (which names the field and the reason) for an invalid one.
+
+    ``on_fallback("accepted" | "refused")`` is told each time msgspec refused and pydantic
+    decided: "refused" is an ordinary bad body, "accepted" a form only pydantic reads — if
+    that becomes common, a contract change has left the fast path behind and every report pays
+    pydantic's price (the gateway counts both in ``/metrics``)."""
     try:
         return decode_report(body)
     except FastPathRefused:
-        return Report.model_validate_json(body)
+        try:
+            report = Report.model_validate_json(body)
+        except ValidationError:
+            if on_fallback is not None:
+                on_fallback("refused")
+            raise
+        if on_fallback is not None:
+            on_fallback("accepted")
+        return as_struct(report)
+
+
+def as_struct(report: Report) -> Any:
+    """A validated pydantic report as the fast path's Structs, so everything downstream reads
+    one type. Rare (a body only pydantic reads, or ``/v1/commands``), so it goes through
+    pydantic's canonical JSON; no guard is needed on text pydantic wrote itself."""
+    return _REPORT_DECODER.decode(report.model_dump_json())
 
 
 def _constraints(metadata: list[Any]) -> dict[str, Any]:

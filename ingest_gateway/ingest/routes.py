@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from agent.contract import Report
 from ingest_gateway.app_state import LOG_KV, METRICS, OPENAPI_PATHS, SETTINGS, STATE
 from ingest_gateway.errors import Unprocessable, json_response
 from ingest_gateway.guards import require_scope
 from ingest_gateway.ingest.body import read_body, validation_error
 from ingest_gateway.ingest.commands_format import CommandsBody, to_report
-from ingest_gateway.ingest.fast_contract import validate_report
+from ingest_gateway.ingest.fast_contract import as_struct, validate_report
 from ingest_gateway.ingest.messages import report_messages
 from ingest_gateway.settings import GatewaySettings
 
@@ -69,7 +68,7 @@ def _check_clock(request: web.Request, value: datetime, field: str) -> None:
     check_timestamp(value.timestamp(), field, request.app[SETTINGS], time.time())
 
 
-async def _enqueue(request: web.Request, report: Report | Any, route: str,
+async def _enqueue(request: web.Request, report: Any, route: str,
                    extra: dict[str, Any] | None = None) -> web.Response:
     app = request.app
     settings, metrics, state = app[SETTINGS], app[METRICS], app[STATE]
@@ -102,7 +101,7 @@ async def post_report(request: web.Request) -> web.Response:
     """Validate a report with the agent's contract and enqueue its messages."""
     body = await _read_body(request)
     try:
-        report = validate_report(body)
+        report = validate_report(body, request.app[METRICS].count_fallback)
     except ValidationError as exc:
         raise validation_error(exc, body) from None
     _check_clock(request, report.collected_at, "collected_at")
@@ -118,7 +117,8 @@ async def post_commands(request: web.Request) -> web.Response:
         report, unparsed_lines = await asyncio.to_thread(to_report, commands)
     else:
         report, unparsed_lines = to_report(commands)
-    return await _enqueue(request, report, "commands", {"unparsed_lines": unparsed_lines})
+    return await _enqueue(request, as_struct(report), "commands",
+                          {"unparsed_lines": unparsed_lines})
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}

@@ -16,7 +16,13 @@ from pydantic import BaseModel, ValidationError
 
 from agent.contract import Host, ProcessGroup, ProcessSample, Report, Snapshot
 from ingest_gateway import stream
-from ingest_gateway.ingest.fast_contract import STRUCT_OF, FastPathRefused, decode_report
+from ingest_gateway.ingest.fast_contract import (
+    STRUCT_OF,
+    FastPathRefused,
+    as_struct,
+    decode_report,
+    validate_report,
+)
 from ingest_gateway.ingest.messages import report_messages
 from tests.support.reports import report_doc, stream_entries
 
@@ -73,8 +79,27 @@ def test_a_report_decodes_to_the_values_pydantic_gives():
 def test_both_paths_give_the_same_stream_messages():
     body = body_of(full_doc())
     fast = report_messages(decode_report(body), shards=4, max_raw_output_bytes=100)
-    slow = report_messages(Report.model_validate_json(body), shards=4, max_raw_output_bytes=100)
+    slow = report_messages(as_struct(Report.model_validate_json(body)), shards=4,
+                           max_raw_output_bytes=100)
     assert fast.payloads == slow.payloads and fast.shard == slow.shard
+
+
+def test_a_body_only_pydantic_reads_comes_back_as_the_fast_paths_type_and_is_counted():
+    doc = full_doc()
+    doc["collected_at"] = "2026-01-01T00:00Z"  # no seconds: pydantic reads it, msgspec does not
+    body = body_of(doc)
+    with pytest.raises(FastPathRefused):
+        decode_report(body)
+    outcomes: list[str] = []
+
+    report = validate_report(body, outcomes.append)
+
+    assert type(report) is STRUCT_OF[Report] and outcomes == ["accepted"]
+    assert plain(report) == plain(Report.model_validate_json(body))
+    doc["collected_at"] = "yesterday"
+    with pytest.raises(ValidationError):
+        validate_report(body_of(doc), outcomes.append)
+    assert outcomes == ["accepted", "refused"]
 
 
 def mutated(path: tuple, value: Any) -> dict[str, Any]:

@@ -129,3 +129,18 @@ async def test_metrics_count_requests_messages_and_rejections(gateway):
     assert 'procfleet_gateway_rejected_total{reason="schema"} 1.0' in text
     assert "procfleet_gateway_enqueue_seconds_count 1.0" in text
     assert 'procfleet_gateway_backlog_messages{shard="0"}' in text
+
+
+async def test_bodies_the_fast_path_leaves_to_pydantic_are_counted_by_outcome(gateway, redis):
+    doc = report_doc(processes=2)
+    # A timestamp without seconds: valid by the contract, a form only pydantic reads.
+    doc["collected_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
+    accepted = await gateway.post_report(doc)
+    refused = await gateway.post_report({"nope": 1})
+    text = await (await gateway.client.get("/metrics")).text()
+
+    assert accepted.status == 202, await accepted.text()
+    assert refused.status == 422
+    assert await total_messages(redis, 4) == 1 + 1 + 2  # host, group, two processes
+    assert 'procfleet_gateway_contract_fallbacks_total{outcome="accepted"} 1.0' in text
+    assert 'procfleet_gateway_contract_fallbacks_total{outcome="refused"} 1.0' in text

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
-from agent.contract import ProcessGroup, ProcessSample, Report
+from agent.contract import ProcessGroup, ProcessSample
 from ingest_gateway import stream
 from ingest_gateway.ingest.enqueue import frame_xadds, xadd_prefix
+from ingest_gateway.ingest.fast_contract import validate_report
 from ingest_gateway.ingest.messages import cap_utf8, report_messages
 from ingest_gateway.ingest.resp import pack_command
 from tests.support.reports import report_doc
@@ -41,7 +42,7 @@ def test_encode_data_is_the_one_field_of_encode():
 
 
 def test_report_messages_decode_back_to_the_report():
-    report = Report.model_validate_json(orjson.dumps(report_doc(processes=3, groups=2)))
+    report = validate_report(orjson.dumps(report_doc(processes=3, groups=2)))
     messages = report_messages(report, shards=4, max_raw_output_bytes=1000)
 
     decoded = [stream.decode([stream.FIELD_MESSAGE, data]) for data in messages.payloads]
