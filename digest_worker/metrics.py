@@ -54,7 +54,7 @@ class WorkerMetrics:
             ["shard"], registry=r)
         self._server = None
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``port`` from a daemon thread."""
         try:
             self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)

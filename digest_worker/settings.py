@@ -21,6 +21,7 @@ then passed in as one object. Nothing else in ``digest_worker`` reads ``os.envir
 | retry_max_delay_s    | PROCFLEET_WORKER_RETRY_MAX_DELAY_S   | 30                         |
 | dead_letter_maxlen   | PROCFLEET_DEAD_LETTER_MAXLEN         | 100000                     |
 | consumer_name        | PROCFLEET_WORKER_CONSUMER            | <hostname>-<pid>-<random>  |
+| metrics_host         | PROCFLEET_WORKER_METRICS_HOST        | 127.0.0.1                  |
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class WorkerSettings:
     dead_letter_maxlen: int = 100_000
     consumer_name: str = field(default_factory=default_consumer_name)
     metrics_port: int | None = None
+    # Loopback unless told otherwise: /metrics names hosts and their backlog.
+    metrics_host: str = "127.0.0.1"
     burst: bool = False
 
     def __post_init__(self) -> None:
@@ -162,6 +165,7 @@ _ENV = {
     "retry_max_delay_s": "PROCFLEET_WORKER_RETRY_MAX_DELAY_S",
     "dead_letter_maxlen": "PROCFLEET_DEAD_LETTER_MAXLEN",
     "consumer_name": "PROCFLEET_WORKER_CONSUMER",
+    "metrics_host": "PROCFLEET_WORKER_METRICS_HOST",
 }
 
 

@@ -52,6 +52,8 @@ async def test_metrics_endpoint_counts_rows_duplicates_dead_letters_and_lag(redi
         await worker.report()  # what the summary interval does
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        # Loopback only by default: /metrics names hosts and backlogs.
+        assert worker.metrics._server.server_address[0] == "127.0.0.1"
     finally:
         worker.stop("test")
         await asyncio.wait_for(task, 30)
@@ -120,3 +122,21 @@ async def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(settings
                                          "--metrics-port", str(port))
     assert result.returncode == 1
     assert f"cannot serve /metrics on port {port}" in result.stderr
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise():
+    from digest_worker.metrics import WorkerMetrics
+    from digest_worker.settings import WorkerSettings
+
+    default = WorkerSettings.from_env({}, metrics_port=free_port())
+    told = WorkerSettings.from_env({"PROCFLEET_WORKER_METRICS_HOST": "0.0.0.0"},
+                                   metrics_port=free_port())
+    bound = []
+    for settings in (default, told):
+        metrics = WorkerMetrics()
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+        try:
+            bound.append(metrics._server.server_address[:2])
+        finally:
+            metrics.close()
+    assert bound == [("127.0.0.1", default.metrics_port), ("0.0.0.0", told.metrics_port)]

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites (importable: ``from tests.support.processes import …``)."""
