@@ -103,6 +103,20 @@ async def test_postgres_refuses_connections_without_its_password(own_postgres):
         await conn.close()
 
 
+async def test_a_trust_cluster_from_before_the_locks_gets_a_password(own_postgres):
+    server = own_postgres()
+    server.stop()
+    # What an older `up` left: trust for everyone, no password file.
+    (server.data_dir / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    (server.data_dir / PASSWORD_FILE).unlink()
+    server.start()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(f"postgresql://postgres@{server.host}:{server.port}/postgres")
+    conn = await asyncpg.connect(server.url)
+    assert await conn.fetchval("SELECT 1") == 1
+    await conn.close()
+
+
 async def test_server_data_and_passwords_are_for_their_owner_only(own_valkey, own_postgres):
     valkey, postgres = own_valkey(), own_postgres()
     client = aioredis.from_url(valkey.url, protocol=2)

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from procfleet.embedded import free_port, port_is_taken
+from procfleet.embedded import PASSWORD_FILE, free_port, port_is_taken
 from procfleet.private_root import PRIVATE_ROOT, postgres_data_dir
 from tests.e2e.harness import REPO, wait_until
 from tests.support.processes import descendants, wait_gone
@@ -125,6 +125,15 @@ async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
         assert ups[0].proc.pid in {p["pid"] for p in snapshot["processes"]}
         # The live status line.
         await wait_until(lambda: _contains(ups[0].err, "rows/s="), "the status line", 30)
+
+        # The servers' passwords reach the programs in their URLs, never a log line.
+        passwords = [(data_dir / "valkey" / PASSWORD_FILE).read_text().strip(),
+                     (postgres_data_dir(data_dir / "postgres") / PASSWORD_FILE).read_text()
+                     .strip()]
+        logs = [*sorted((data_dir / "logs").glob("*.log")), ups[0].out, ups[0].err]
+        assert len(logs) >= 5
+        assert [log for log in logs for pw in passwords if pw in log.read_text()] == []
+        assert ":***@" in (data_dir / "logs" / "workers.log").read_text()
 
         state = orjson.loads((data_dir / "stack.json").read_text())
         ports = [port, *state["ports"].values()]
