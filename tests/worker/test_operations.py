@@ -16,6 +16,7 @@ import pytest
 from digest_worker.worker import Worker
 from ingest_gateway import stream
 from procfleet.embedded import free_port
+from tests.support.processes import descendants, wait_gone
 from tests.worker.conftest import (
     SHARDS,
     expected_counts,
@@ -140,3 +141,32 @@ def test_metrics_listen_on_loopback_unless_told_otherwise():
         finally:
             metrics.close()
     assert bound == [("127.0.0.1", default.metrics_port), ("0.0.0.0", told.metrics_port)]
+
+
+async def test_worker_processes_stop_when_their_supervisor_is_killed_with_9(settings):
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
+           "PROCFLEET_SHARDS": str(SHARDS), "PROCFLEET_WORKER_BLOCK_MS": "200"}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "procfleet", "worker", "--concurrency", "2", "--no-migrate"],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    family: list[int] = []
+    try:
+        async def two_workers() -> bool:
+            family[:] = descendants(supervisor.pid)
+            return sum(b"spawn_main" in _cmdline(pid) for pid in family) == 2
+        await wait_for(two_workers)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    left = await asyncio.to_thread(wait_gone, family, 60)
+    for pid in left:
+        os.kill(pid, 9)
+    assert left == []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
