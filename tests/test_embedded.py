@@ -3,6 +3,7 @@ doors, run from a private clone as root, and die with their parent."""
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -209,14 +210,17 @@ def test_servers_die_with_a_parent_killed_with_9(tmp_path):
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
                               text=True)
+    family: list[int] = []
     try:
         pids = [int(p) for p in parent.stdout.readline().split()]
         assert len(pids) == 2, "the parent did not start both servers"
         family = pids + descendants(pids[1])  # the postmaster's own processes too
-        assert len(family) > 2
+        assert len(family) > 2, family
     finally:
         parent.kill()
         parent.wait()
     left = wait_gone(family, timeout_s=60)
+    for pid in left:  # what would outlive the test otherwise
+        os.kill(pid, signal.SIGKILL)
     shutil.rmtree(private_root.postgres_data_dir(tmp_path / "pg"), ignore_errors=True)
     assert left == []
