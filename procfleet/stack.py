@@ -140,6 +140,22 @@ class Stack:
             self.servers.append(postgres)
             self.database_url = postgres.url
             self.postgres_data_dir = postgres.data_dir
+        self._write_env()
+
+    def _env_path(self) -> Path:
+        return self.options.data_dir / "env"
+
+    def _write_env(self) -> None:
+        """``<data>/env`` (0600): the servers' URLs with their passwords, for the procfleet
+        commands an operator runs by hand (``. .procfleet/env; procfleet token list``)."""
+        path = self._env_path()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"export REDIS_URL='{self.redis_url}'\n"
+                         f"export DATABASE_URL='{self.database_url}'\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
 
     def _remembered_port(self, name: str) -> int:
         """The port this server had last time if it is free (URLs stay stable across ``up``)."""
@@ -263,6 +279,8 @@ class Stack:
             f"  metrics   : {self.gateway_metrics_url}  "
             f"http://127.0.0.1:{self.worker_metrics_port}/metrics",
             f"  data      : {data}  (logs in {data / 'logs'})",
+            f"  commands  : . {self._env_path()}  (REDIS_URL, DATABASE_URL with their "
+            f"passwords) then e.g. procfleet token list",
             *postgres,
             "  stop      : Ctrl-C",
         ])

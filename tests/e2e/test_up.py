@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,13 @@ async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
         assert len(logs) >= 5
         assert [log for log in logs for pw in passwords if pw in log.read_text()] == []
         assert ":***@" in (data_dir / "logs" / "workers.log").read_text()
+        # The operator's commands get the URLs, with the passwords, from <data>/env (0600).
+        env_file = data_dir / "env"
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        listed = subprocess.run(
+            ["sh", "-c", f". {env_file} && exec {sys.executable} -m procfleet token list"],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "procfleet up (read)" in listed.stdout, listed.stderr
 
         state = orjson.loads((data_dir / "stack.json").read_text())
         ports = [port, *state["ports"].values()]
