@@ -58,10 +58,11 @@ def ensure_system_user(name: str = PG_SYSTEM_USER) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def owned_dir(path: Path, mode: int, owner: tuple[int, int] = (0, 0)) -> Path:
-    """``path`` as a directory with ``owner`` and ``mode``. Created when missing; an existing
-    one must already belong to ``owner`` and be writable by nobody else, since what it holds
-    is executed or trusted by root."""
+def owned_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> Path:
+    """``path`` as a directory with ``owner`` (default: us, i.e. root where it matters) and
+    ``mode``. Created when missing; an existing one must already belong to ``owner`` and be
+    writable by nobody else, since what it holds is executed or trusted by root."""
+    owner = owner or (os.geteuid(), os.getegid())
     try:
         path.mkdir(mode=mode)
         os.chown(path, *owner)
