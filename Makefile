@@ -22,6 +22,7 @@ test: $(BIN)/procfleet
 
 lint: $(BIN)/procfleet
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .procfleet .pytest_cache

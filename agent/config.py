@@ -1,53 +1,80 @@
-"""Agent settings: a TOML file plus ``PROCFLEET_<KEY>`` environment overrides, validated once.
+"""Agent settings: a TOML file plus ``PROCFLEET_<KEY>`` environment overrides, validated once
+by the one settings loader (``agent.settings_loader``).
 
 ``load_settings(path, environ)`` is the only place the agent reads its configuration; the
 result (``AgentSettings``) is passed to everything else. Unknown keys in the file are an error
-(a typo must not silently fall back to a default). The token is a ``SecretStr``: it never shows
-in a repr, a log line or ``describe()``.
+(a typo must not silently fall back to a default). The token is a ``Secret``: it never shows
+in a repr, a log line, an error or ``describe()``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-
-from pydantic import SecretStr
+from typing import Any, ClassVar
 
 from agent.errors import ConfigError
+from agent.settings_loader import (
+    BOOLEAN,
+    SECRET,
+    WORDS,
+    Secret,
+    Settings,
+    integer,
+    number,
+    path,
+    port,
+    setting,
+    text,
+    url,
+)
 
-ENV_PREFIX = "PROCFLEET_"
 DEFAULT_PROCESS_EXPORTER_URL = "http://127.0.0.1:9256/metrics"
-SERVER_ID_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")  # the contract's Identifier (fullmatch)
+SERVER_ID_PATTERN = r"[A-Za-z0-9._:@-]{1,128}"  # the contract's Identifier (fullmatch)
+SERVER_ID_RE = re.compile(SERVER_ID_PATTERN)
 _MAX_INTERVAL_S = 86_400.0
 
 
 @dataclass(frozen=True)
-class AgentSettings:
+class AgentSettings(Settings):
     """The agent's effective settings. Build it with ``load_settings``."""
 
-    gateway_url: str | None = None
-    token: SecretStr | None = None
-    server_id: str | None = None  # None: detected (machine-id / MachineGuid)
-    interval_s: float = 15.0
-    splay_s: float | None = None  # None: up to one interval
-    process_exporter_url: str | None = DEFAULT_PROCESS_EXPORTER_URL  # None/"": not scraped
-    spool_dir: Path | None = None  # None: default_spool_dir(environ)
-    spool_max_mb: float = 100.0
-    ca_file: Path | None = None
-    scrub_words: tuple[str, ...] | None = None  # None: the scrubber's defaults
-    max_processes: int = 0  # 0: every process
-    pinned_names: tuple[str, ...] = ()
-    keep_raw_output: bool = False
-    timeout_s: float = 10.0
-    metrics_port: int | None = None  # None: no /metrics listener
-    metrics_addr: str = "127.0.0.1"
+    gateway_url: str | None = setting(
+        None, "PROCFLEET_GATEWAY_URL", url("http", "https", strip_slash=True))
+    token: Secret | None = setting(None, "PROCFLEET_TOKEN", SECRET)
+    server_id: str | None = setting(  # None: detected (machine-id / MachineGuid)
+        None, "PROCFLEET_SERVER_ID",
+        text(pattern=SERVER_ID_PATTERN, reason="1-128 characters of A-Z a-z 0-9 . _ : @ -",
+             blank_is_none=True))
+    interval_s: float = setting(15.0, "PROCFLEET_INTERVAL_S", number(1.0, _MAX_INTERVAL_S))
+    splay_s: float | None = setting(  # None: up to one interval
+        None, "PROCFLEET_SPLAY_S", number(0.0, _MAX_INTERVAL_S))
+    process_exporter_url: str | None = setting(  # None / "": not scraped
+        DEFAULT_PROCESS_EXPORTER_URL, "PROCFLEET_PROCESS_EXPORTER_URL",
+        url("http", "https", blank_is_none=True))
+    spool_dir: Path | None = setting(None, "PROCFLEET_SPOOL_DIR", path())  # None: default
+    spool_max_mb: float = setting(100.0, "PROCFLEET_SPOOL_MAX_MB", number(0.01, 1024.0 * 1024))
+    ca_file: Path | None = setting(None, "PROCFLEET_CA_FILE", path(must_exist=True))
+    scrub_words: tuple[str, ...] | None = setting(  # None: the scrubber's defaults
+        None, "PROCFLEET_SCRUB_WORDS", WORDS)
+    max_processes: int = setting(0, "PROCFLEET_MAX_PROCESSES", integer(0, 20_000))  # 0: all
+    pinned_names: tuple[str, ...] = setting((), "PROCFLEET_PINNED_NAMES", WORDS)
+    keep_raw_output: bool = setting(False, "PROCFLEET_KEEP_RAW_OUTPUT", BOOLEAN)
+    timeout_s: float = setting(10.0, "PROCFLEET_TIMEOUT_S", number(0.1, 600.0))
+    metrics_port: int | None = setting(  # None: no /metrics listener
+        None, "PROCFLEET_METRICS_PORT", port())
+    metrics_addr: str = setting("127.0.0.1", "PROCFLEET_METRICS_ADDR", text())
+
+    unset_shown: ClassVar[Mapping[str, str]] = {
+        "server_id": "<detected>", "scrub_words": "<default>"}
+
+    def check_together(self) -> None:
+        if self.splay_s is not None and self.splay_s > self.interval_s:
+            raise self.invalid("splay_s", "must not exceed interval_s")
 
     @property
     def effective_splay_s(self) -> float:
@@ -68,20 +95,10 @@ class AgentSettings:
 
     def describe(self) -> dict[str, object]:
         """The effective settings for the start log line, token masked."""
-        out: dict[str, object] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "token":
-                value = "***" if value is not None else "<unset>"
-            elif isinstance(value, tuple):
-                value = ",".join(value)
-            elif value is None:
-                value = {"server_id": "<detected>", "scrub_words": "<default>"}.get(
-                    f.name, "<unset>"
-                )
-            out[f.name] = value if isinstance(value, int | float | bool | str) else str(value)
-        out["splay_s"] = self.effective_splay_s
-        return out
+        return {**super().describe(), "splay_s": self.effective_splay_s}
+
+
+KEYS = tuple(name for name in AgentSettings.__dataclass_fields__)
 
 
 def default_spool_dir(environ: Mapping[str, str]) -> Path:
@@ -95,131 +112,6 @@ def default_spool_dir(environ: Mapping[str, str]) -> Path:
     return Path(state).expanduser() / "procfleet" / "spool"
 
 
-# --- converters: each takes a TOML value or an environment string -------------------------
-
-
-def _float(low: float, high: float) -> Callable[[str, Any], float]:
-    def convert(key: str, value: Any) -> float:
-        if isinstance(value, bool):
-            raise ConfigError(key, value, "expected a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, value, "expected a number") from None
-        if not math.isfinite(number) or not low <= number <= high:
-            raise ConfigError(key, value, f"must be between {low:g} and {high:g}")
-        return number
-
-    return convert
-
-
-def _int(low: int, high: int) -> Callable[[str, Any], int]:
-    def convert(key: str, value: Any) -> int:
-        if isinstance(value, bool | float):
-            raise ConfigError(key, value, "expected a whole number")
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise ConfigError(key, value, "expected a whole number") from None
-        if not low <= number <= high:
-            raise ConfigError(key, value, f"must be between {low} and {high}")
-        return number
-
-    return convert
-
-
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(key, value, "expected true or false")
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, value, "expected a string")
-    return value.strip()
-
-
-def _http_url(key: str, value: Any) -> str | None:
-    text = _text(key, value)
-    if not text:
-        return None
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(key, value, "expected an http:// or https:// URL")
-    return text.rstrip("/") if key == "gateway_url" else text
-
-
-def _token(key: str, value: Any) -> SecretStr | None:
-    if not isinstance(value, str):
-        # Never echo a token back, even a malformed one.
-        raise ConfigError(key, "***", "expected a string")
-    text = value.strip()
-    if any(c.isspace() for c in text):
-        raise ConfigError(key, "***", "must not contain whitespace")
-    return SecretStr(text) if text else None
-
-
-def _server_id(key: str, value: Any) -> str | None:
-    text = _text(key, value)
-    if text and not SERVER_ID_RE.fullmatch(text):
-        raise ConfigError(key, value, "1-128 characters of A-Z a-z 0-9 . _ : @ -")
-    return text or None
-
-
-def _path(key: str, value: Any) -> Path | None:
-    text = _text(key, value)
-    return Path(text).expanduser() if text else None
-
-
-def _existing_file(key: str, value: Any) -> Path | None:
-    path = _path(key, value)
-    if path is not None and not path.is_file():
-        raise ConfigError(key, value, "file not found")
-    return path
-
-
-def _words(key: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):  # environment form: comma separated
-        items = value.split(",")
-    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = value
-    else:
-        raise ConfigError(key, value, "expected a list of strings (or a comma-separated string)")
-    return tuple(w.strip() for w in items if w.strip())
-
-
-def _optional_port(key: str, value: Any) -> int | None:
-    port = _int(0, 65535)(key, value)
-    return port or None
-
-
-_CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
-    "gateway_url": _http_url,
-    "token": _token,
-    "server_id": _server_id,
-    "interval_s": _float(1.0, _MAX_INTERVAL_S),
-    "splay_s": _float(0.0, _MAX_INTERVAL_S),
-    "process_exporter_url": _http_url,
-    "spool_dir": _path,
-    "spool_max_mb": _float(0.01, 1024.0 * 1024),
-    "ca_file": _existing_file,
-    "scrub_words": _words,
-    "max_processes": _int(0, 20_000),
-    "pinned_names": _words,
-    "keep_raw_output": _bool,
-    "timeout_s": _float(0.1, 600.0),
-    "metrics_port": _optional_port,
-    "metrics_addr": _text,
-}
-KEYS = tuple(_CONVERTERS)
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -231,9 +123,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
     # An [agent] table is accepted too, so one file can hold several sections later.
     if set(data) == {"agent"} and isinstance(data["agent"], dict):
         data = data["agent"]
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        raise ConfigError(unknown[0], data[unknown[0]], f"unknown key (known: {', '.join(KEYS)})")
     return data
 
 
@@ -241,17 +130,10 @@ def load_settings(
     path: str | Path | None, environ: Mapping[str, str] | None = None
 ) -> AgentSettings:
     """Read ``path`` (optional), apply ``PROCFLEET_<KEY>`` overrides from ``environ`` and
-    validate everything once. Raises ``ConfigError`` naming the key, the value and the reason."""
+    validate everything once. Raises ``ConfigError`` naming the key (or the variable), the value
+    and the reason."""
     environ = {} if environ is None else environ
-    raw: dict[str, Any] = _read_toml(Path(path)) if path else {}
-    for key in KEYS:
-        env_value = environ.get(ENV_PREFIX + key.upper())
-        if env_value is not None:
-            raw[key] = env_value
-    values = {key: _CONVERTERS[key](key, value) for key, value in raw.items()}
-    if values.get("spool_dir") is None:
-        values["spool_dir"] = default_spool_dir(environ)
-    settings = AgentSettings(**values)
-    if settings.splay_s is not None and settings.splay_s > settings.interval_s:
-        raise ConfigError("splay_s", settings.splay_s, "must not exceed interval_s")
+    settings = AgentSettings.load(environ, file_values=_read_toml(Path(path)) if path else None)
+    if settings.spool_dir is None:
+        settings = settings.with_overrides(spool_dir=default_spool_dir(environ))
     return settings

@@ -47,11 +47,11 @@ from ingest_gateway import stream  # noqa: E402
 from ingest_gateway.app import create_app  # noqa: E402
 from ingest_gateway.app_state import STATE  # noqa: E402
 from ingest_gateway.auth import TokenStore  # noqa: E402
-from ingest_gateway.durability import AofBarrier  # noqa: E402
-from ingest_gateway.enqueue import Enqueuer  # noqa: E402
-from ingest_gateway.fast_contract import validate_report  # noqa: E402
-from ingest_gateway.messages import report_messages  # noqa: E402
-from ingest_gateway.resp import ConnectParams, RespPool  # noqa: E402
+from ingest_gateway.ingest.durability import AofBarrier  # noqa: E402
+from ingest_gateway.ingest.enqueue import Enqueuer  # noqa: E402
+from ingest_gateway.ingest.fast_contract import validate_report  # noqa: E402
+from ingest_gateway.ingest.messages import report_messages  # noqa: E402
+from ingest_gateway.ingest.resp import ConnectParams, RespPool  # noqa: E402
 from ingest_gateway.server import tune_gc  # noqa: E402
 from ingest_gateway.settings import GatewaySettings  # noqa: E402
 
@@ -147,7 +147,7 @@ async def bench_validate(enqueuer: Enqueuer, bodies: list[bytes], concurrency: i
 
 async def bench_http(url: str, redis: Redis, bodies: list[bytes], concurrency: int) -> float:
     settings = GatewaySettings(redis_url=url, shards=SHARDS, rate_limit_per_s=0)
-    app = create_app(settings, extra_routes=[])
+    app = create_app(settings)
     server = TestServer(app, port=0)
     await server.start_server()
     try:

@@ -44,9 +44,9 @@ import asyncpg  # noqa: E402
 
 from digest_worker import partitions  # noqa: E402
 from digest_worker.rollup import RollupJob, rebuild_fleet  # noqa: E402
-from ingest_gateway.queries.database import SERVER_SETTINGS, STATEMENT_TIMEOUT_MS  # noqa: E402
-from ingest_gateway.queries.params import TimeRange, TopParams  # noqa: E402
-from ingest_gateway.queries.top import top_processes  # noqa: E402
+from ingest_gateway.query.database import SERVER_SETTINGS, STATEMENT_TIMEOUT_MS  # noqa: E402
+from ingest_gateway.query.params import TimeRange, TopParams  # noqa: E402
+from ingest_gateway.query.top import top_processes  # noqa: E402
 from migrations.runner import migrate  # noqa: E402
 from procfleet.embedded import EmbeddedPostgres  # noqa: E402
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.contract import Report  # noqa: E402
 from bench.fleet_hosts import SimHost  # noqa: E402
-from ingest_gateway.fast_contract import decode_report  # noqa: E402
-from ingest_gateway.messages import report_messages  # noqa: E402
+from ingest_gateway.ingest.fast_contract import decode_report  # noqa: E402
+from ingest_gateway.ingest.messages import report_messages  # noqa: E402
 from ingest_gateway.server import tune_gc  # noqa: E402
 
 ROWS_PER_REPORT = 320

@@ -2,17 +2,19 @@
 
     settings.py    WorkerSettings, read once from the environment
     redis_client.py  RESP2 clients (hiredis packing, raw stream replies), the shard count
-    streams.py     the consumer side of the stream contract (group, reads, claims, acks)
+    streams.py     the consumer side of the stream contract (group, reads, claims, acks,
+                   following the shard count, forgetting departed consumers)
     batch.py       a batch in hand: entries, decoded messages, entries set aside
     rows.py        decoded messages → table rows
     timestamps.py  the epoch-seconds timestamptz codec of the worker's connections
     writer.py      one batch → one transaction (COPY / staging / unnest), poison isolation
     worker.py      the pipeline: read → write → settle, retries, shutdown
     partitions.py  daily partitions: ahead of time, default-partition rescue, retention
-    monitor.py     run totals, batch metrics, the periodic summary line, per-shard gauges
+    monitor.py     run totals, the periodic summary line, per-shard gauges (reads only)
     rollup.py      per-minute / per-hour rollups for the query side (its own owner)
-    metrics.py     Prometheus metrics and /metrics
+    metrics.py     Prometheus metrics (one batch's included) and /metrics
     supervisor.py  N worker processes on one host
 
-Imports of our code: ``ingest_gateway.stream`` (the contract) and ``agent.errors`` only.
+Imports of our code: ``ingest_gateway.stream`` (the contract), ``agent.errors`` and
+``agent.settings_loader`` only.
 """

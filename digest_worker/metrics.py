@@ -54,6 +54,18 @@ class WorkerMetrics:
             ["shard"], registry=r)
         self._server = None
 
+    def observe_batch(self, rows: int, inserted: dict[str, int], duplicates: dict[str, int],
+                      seconds: float) -> None:
+        """Count one settled batch: rows per table, duplicates absorbed, size and time."""
+        for table, n in inserted.items():
+            self.rows_inserted.labels(table).inc(n)
+        for table, n in duplicates.items():
+            if n:
+                self.rows_duplicate.labels(table).inc(n)
+        self.batches.inc()
+        self.batch_rows.observe(rows)
+        self.batch_seconds.observe(seconds)
+
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``port`` from a daemon thread."""
         try:

@@ -24,9 +24,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from digest_worker import redis_client
 from ingest_gateway import stream
 
 log = logging.getLogger(__name__)
+
+# A consumer with nothing pending, unseen for this long, belonged to a worker that is gone.
+FORGET_CONSUMER_AFTER_MS = 3_600_000
 
 # Deletes the entries of a stream that group ARGV[1] has acknowledged: those below its oldest
 # pending entry, or, with nothing pending, up to its last delivered id. XTRIM MINID frees whole
@@ -198,6 +202,21 @@ class GroupConsumer:
             pipe.execute_command("XLEN", key)
         replies = await pipe.execute()
         return sum(replies[-self.shards:])
+
+    async def follow_topology(self, default_shards: int, claim_idle_ms: int) -> None:
+        """Periodic upkeep of the group: follow a change of the shard count in Redis (read
+        every shard, create the missing groups) and forget consumers gone for good (nothing
+        pending, unseen for an hour or 10 claim idles)."""
+        shards = await redis_client.shard_count(self.commands, default_shards)
+        if shards != self.shards:
+            log.info("shard count changed", extra={"kv": {
+                "shards": shards, "previous": self.shards}})
+            self.set_shards(shards)
+            await self.ensure_groups()
+        gone = await self.delete_idle_consumers(
+            max(FORGET_CONSUMER_AFTER_MS, 10 * claim_idle_ms))
+        if gone:
+            log.info("removed consumers gone for good", extra={"kv": {"consumers": gone}})
 
     async def delete_idle_consumers(self, min_idle_ms: int) -> list[str]:
         """Remove the consumers that hold nothing on any shard and were not seen for

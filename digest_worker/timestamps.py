@@ -3,15 +3,15 @@
 asyncpg's own ``timestamptz`` codec wants a ``datetime`` per value, and building then encoding
 two of them per row costs more than the rest of a row's encoding (bench/bench_writer.py).
 The worker's connections therefore get a binary ``timestamptz`` codec that takes the stream's
-values as they are — float epoch seconds (``ts``, and every timestamp of schema 1) or RFC 3339
-text with a UTC offset (``start_time`` and ``oldest_start_time`` of schema 2); a ``datetime``
+values as they are — float epoch seconds (``ts``) or RFC 3339 text with a UTC
+offset (``start_time`` and ``oldest_start_time``); a ``datetime``
 is accepted too — and memoises the 8 bytes of each distinct value: a report's rows share one
 ``ts`` and a process keeps its ``start_time`` from one collection to the next.
 
 Epoch seconds are converted by ``datetime.fromtimestamp(seconds, UTC)`` (round-half-even to
 the microsecond) and text by ``datetime.fromisoformat``, whatever the insert method, so the
 same sample always gets the same key (the gateway writes microseconds at most, which a float
-epoch carries exactly, so both schemas give one instant the same key).
+epoch carries exactly, so both forms give one instant the same key).
 """
 
 from __future__ import annotations

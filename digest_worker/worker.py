@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from digest_worker import partitions, redis_client, rollup, streams
 from digest_worker.batch import INSERT_FAILED, Batch, decode_batch
 from digest_worker.metrics import WorkerMetrics
-from digest_worker.monitor import WorkerSummary, account_batch, every, log_summary
+from digest_worker.monitor import WorkerSummary, every, log_summary
 from digest_worker.retrying import retry_until_stopped
 from digest_worker.settings import WorkerSettings
 from digest_worker.streams import Entry, GroupConsumer
@@ -92,8 +92,6 @@ class Worker:
         self._in_hand: list[Batch] = []  # read, not yet acknowledged
         self._next_claim_s = 0.0
         self._active_shards = settings.shards
-        self.window_rows = 0  # rows since the last summary line, and since when
-        self.window_started_s = time.monotonic()
 
     def stop(self, reason: str = "signal") -> None:
         """Finish the batches in hand, acknowledge them, and return from ``run``."""
@@ -314,7 +312,11 @@ class Worker:
                         "delivered again and absorbed as duplicates", extra={"kv": {
                             "rows": len(batch), "error": f"{type(exc).__name__}: {exc}"[:300]}})
             return
-        account_batch(self, batch, result, started_s)
+        done_s = time.monotonic()
+        self.summary.add_batch(len(batch), result.inserted_total, result.duplicates_total,
+                               len(batch.dead), done_s)
+        self.metrics.observe_batch(len(batch), result.inserted, result.duplicates,
+                                   done_s - started_s)
         log.info("batch", extra={"kv": {
             "rows": len(batch), "inserted": result.inserted_total,
             "duplicates": result.duplicates_total, "dead_lettered": len(batch.dead),
@@ -339,6 +341,8 @@ class Worker:
                 settings.partitions_ahead_days)
 
     async def report(self) -> dict[int, dict[str, float]]:
-        """Log the ``summary`` line and refresh the per-shard gauges."""
+        """Follow the group's topology, then log the ``summary`` line and refresh the
+        per-shard gauges."""
         assert self.consumer is not None
-        return await log_summary(self)
+        await self.consumer.follow_topology(self.settings.shards, self.settings.claim_idle_ms)
+        return await log_summary(self.consumer, self.metrics, self.summary)

@@ -1,19 +1,17 @@
 """The gateway's aiohttp application: ``create_app`` builds it (``server.serve`` runs it).
 
-Route families register themselves with a ``setup(app)`` function: ingest
-(``routes_ingest``), operations (``routes_ops``) and the OpenAPI document (``openapi``). Routes
-added later — the query API and the dashboard — go in ``ingest_gateway/routes_query.py`` (and
-any module listed in ``OPTIONAL_ROUTE_MODULES``): when that module exists its ``setup(app)`` is
-called, or pass ``extra_routes=[setup, ...]`` explicitly. A ``setup`` may add its own
-``cleanup_ctx`` (e.g. a PostgreSQL pool), guard its routes with
-``guards.require_scope(request, "read")`` and document them in ``app[OPENAPI_PATHS]``.
+Route families register themselves with a ``setup(app)`` function, each listed once in
+``ROUTE_FAMILIES``: ingest (``ingest/routes.py``), the query API and the dashboard
+(``query/routes.py``), the MCP tools (``query/mcp/route.py``), operations (``routes_ops``)
+and the OpenAPI document (``openapi``). A new family is added to that tuple (tests may pass
+more with ``extra_routes``). A ``setup`` may add its own ``cleanup_ctx`` (e.g. a PostgreSQL
+pool), guard its routes with ``guards.require_scope(request, "read")`` and document them in
+``app[OPENAPI_PATHS]``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -22,23 +20,29 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from agent.errors import ProcfleetError
-from ingest_gateway import openapi, routes_ingest, routes_ops
+from ingest_gateway import openapi, routes_ops
 from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE, GatewayState
 from ingest_gateway.auth import TokenCache, TokenStore
-from ingest_gateway.backpressure import BacklogMonitor, sleep_unless_stopping
-from ingest_gateway.durability import AofBarrier
-from ingest_gateway.enqueue import Enqueuer
+from ingest_gateway.ingest import routes as ingest_routes
+from ingest_gateway.ingest.backpressure import BacklogMonitor, sleep_unless_stopping
+from ingest_gateway.ingest.durability import AofBarrier
+from ingest_gateway.ingest.enqueue import Enqueuer
+from ingest_gateway.ingest.resp import ConnectParams, RespPool
+from ingest_gateway.ingest.topology import ensure_group, probe_wait_aof, register_shards
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.middleware import AccessLogger, access_log, observe
+from ingest_gateway.query import routes as query_routes
+from ingest_gateway.query.mcp import route as query_mcp
 from ingest_gateway.ratelimit import RateLimiter
-from ingest_gateway.resp import ConnectParams, RespPool
 from ingest_gateway.settings import GatewaySettings, mask_url
-from ingest_gateway.topology import ensure_group, probe_wait_aof, register_shards
 
 log = logging.getLogger(__name__)
 
-OPTIONAL_ROUTE_MODULES = ("ingest_gateway.routes_query",)
 RouteSetup = Callable[[web.Application], None]
+# Every route family of the gateway, registered in this order. Listed, not discovered: a
+# renamed module fails at import instead of silently dropping its routes.
+ROUTE_FAMILIES: tuple[RouteSetup, ...] = (
+    ingest_routes.setup, query_routes.setup, query_mcp.setup, routes_ops.setup, openapi.setup)
 
 
 async def _wait_for_redis(redis: Redis, settings: GatewaySettings) -> None:
@@ -119,7 +123,7 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             asyncio.create_task(_refresh_tokens(state.tokens, settings.token_refresh_s, stopping),
                                 name="token-refresh"),
         ]
-        log.info("gateway started", extra={"kv": {**settings.masked(),
+        log.info("gateway started", extra={"kv": {**settings.describe(),
                                                   "wait_aof_active": state.wait_aof}})
         yield
     finally:
@@ -140,23 +144,14 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
             log.info("gateway stopped", extra={"kv": dict(state.totals)})
 
 
-def _optional_route_setups() -> list[RouteSetup]:
-    setups = []
-    for name in OPTIONAL_ROUTE_MODULES:
-        if importlib.util.find_spec(name) is not None:
-            setups.append(importlib.import_module(name).setup)
-    return setups
-
-
 def create_app(
     settings: GatewaySettings,
     *,
     redis: Redis | None = None,
-    extra_routes: Iterable[RouteSetup] | None = None,
+    extra_routes: Iterable[RouteSetup] = (),
 ) -> web.Application:
     """The gateway app. ``redis``: a client to use (and not close) instead of one built from
-    ``settings.redis_url``. ``extra_routes``: route ``setup`` functions to register; None
-    registers the optional modules that exist (``OPTIONAL_ROUTE_MODULES``)."""
+    ``settings.redis_url``. ``extra_routes``: more route ``setup`` functions (tests)."""
     app = web.Application(
         middlewares=[observe],
         client_max_size=settings.max_body_bytes,
@@ -170,8 +165,6 @@ def create_app(
     app[STATE] = GatewayState(redis=redis)
     app[OPENAPI_PATHS] = {}
     app.cleanup_ctx.append(_clients)
-    for setup in (routes_ingest.setup, routes_ops.setup, openapi.setup):
-        setup(app)
-    for setup in _optional_route_setups() if extra_routes is None else extra_routes:
+    for setup in (*ROUTE_FAMILIES, *extra_routes):
         setup(app)
     return app

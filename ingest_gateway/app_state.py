@@ -15,12 +15,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from ingest_gateway.auth import TokenCache
-from ingest_gateway.backpressure import BacklogMonitor
-from ingest_gateway.durability import AofBarrier
-from ingest_gateway.enqueue import Enqueuer
+from ingest_gateway.ingest.backpressure import BacklogMonitor
+from ingest_gateway.ingest.durability import AofBarrier
+from ingest_gateway.ingest.enqueue import Enqueuer
+from ingest_gateway.ingest.resp import RespPool
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.ratelimit import RateLimiter
-from ingest_gateway.resp import RespPool
 from ingest_gateway.settings import GatewaySettings
 
 

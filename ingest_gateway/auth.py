@@ -22,6 +22,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from agent.errors import ConfigError
 from ingest_gateway import stream
 from ingest_gateway.errors import Forbidden, Unauthorized, Unavailable
 
@@ -79,7 +80,7 @@ class TokenStore:
     async def create(self, scope: str, name: str = "") -> tuple[TokenRecord, str]:
         """A new token: its record and the token text (shown once, never stored)."""
         if scope not in SCOPES:
-            raise ValueError(f"unknown scope {scope!r}: choose one of {SCOPES}")
+            raise ConfigError("scope", scope, f"choose one of {SCOPES}")
         while True:
             token_id = secrets.token_hex(TOKEN_ID_BYTES)
             token = f"{TOKEN_PREFIX}_{token_id}_{secrets.token_urlsafe(TOKEN_SECRET_BYTES)}"

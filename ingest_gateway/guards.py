@@ -1,4 +1,4 @@
-"""Request guards shared by every route family (ingest now, query routes later)."""
+"""Request guards shared by every route family (ingest and query)."""
 
 from __future__ import annotations
 

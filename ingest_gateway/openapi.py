@@ -15,8 +15,8 @@ from pydantic.json_schema import models_json_schema
 
 from agent.contract import Report
 from ingest_gateway.app_state import OPENAPI_PATHS
-from ingest_gateway.commands_format import CommandsBody
 from ingest_gateway.errors import json_response
+from ingest_gateway.ingest.commands_format import CommandsBody
 
 TITLE = "procfleet gateway"
 OPENAPI_ROUTE = "/api/openapi.json"

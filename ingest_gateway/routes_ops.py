@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from ingest_gateway import stream
 from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE
 from ingest_gateway.errors import json_response
-from ingest_gateway.topology import digest_group
+from ingest_gateway.ingest.topology import digest_group
 
 
 async def healthz(request: web.Request) -> web.Response:

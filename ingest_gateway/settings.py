@@ -1,158 +1,84 @@
-"""Gateway settings: read once from the environment, validated, passed in as one object.
+"""Gateway settings: read once from the environment by the one loader
+(``agent.settings_loader``), validated, passed in as one object.
 
-Every knob has a default that works on one box; the environment variable that overrides it is
-named next to the field. Nothing else in ``ingest_gateway`` reads ``os.environ``.
+Every knob has a default that works on one box; its environment variable and its bounds are
+named next to it. Nothing else in ``ingest_gateway`` reads ``os.environ``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass
 
-from agent.errors import ConfigError
+from agent.settings_loader import (
+    BOOLEAN,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_REDIS_URL,
+    Kind,
+    Settings,
+    integer,
+    mask_url,
+    number,
+    setting,
+    text,
+    url,
+)
 from ingest_gateway import stream
 
+__all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "GatewaySettings", "mask_url"]
+
 MIB = 1024 * 1024
+REDIS_URL = url("redis", "rediss", "unix")
+DATABASE_URL = url("postgres", "postgresql")
+_DAY_S = 86_400.0
+
+
+def _count(high: int = 2**62) -> Kind:
+    return integer(1, high)
+
+
+def _seconds(high: float = _DAY_S) -> Kind:
+    return number(0, high, above=True)
 
 
 @dataclass(frozen=True)
-class GatewaySettings:
-    """Effective settings of one gateway process (see ``ENV_NAMES`` for the variables)."""
+class GatewaySettings(Settings):
+    """Effective settings of one gateway process."""
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    shards: int = stream.DEFAULT_SHARDS
-    max_body_bytes: int = 8 * MIB  # wire size and inflated size alike
-    backlog_high_water: int = 1_000_000  # messages waiting in one shard before 503
-    backlog_refresh_s: float = 1.0
-    retry_after_s: int = 5
-    wait_aof: bool = False
-    wait_aof_timeout_ms: int = 1_000
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
-    rate_limit_per_s: float = 500.0  # per token; 0 turns the limit off
-    rate_limit_burst: int = 1_000
-    dedupe_ttl_s: int = 3_600
-    retention_days: int = 7  # same variable and default as the digest workers
-    max_future_s: float = 600.0
-    max_raw_output_bytes: int = 1 * MIB
-    redis_timeout_s: float = 5.0
-    redis_pool_size: int = 16
-    redis_startup_wait_s: float = 10.0  # how long to wait for Redis when starting
-    token_refresh_s: float = 5.0
-    shutdown_timeout_s: float = 30.0
-    # Query API only (routes_query): the pool is created lazily, so ingest runs without it.
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    redis_url: str = setting(DEFAULT_REDIS_URL, "REDIS_URL", REDIS_URL)
+    shards: int = setting(stream.DEFAULT_SHARDS, "PROCFLEET_SHARDS",
+                          integer(1, stream.MAX_SHARDS))
+    # wire size and inflated size alike
+    max_body_bytes: int = setting(8 * MIB, "PROCFLEET_MAX_BODY_BYTES", _count())
+    # messages waiting in one shard before 503
+    backlog_high_water: int = setting(1_000_000, "PROCFLEET_BACKLOG_HIGH_WATER", _count())
+    backlog_refresh_s: float = setting(1.0, "PROCFLEET_BACKLOG_REFRESH_S", _seconds())
+    retry_after_s: int = setting(5, "PROCFLEET_RETRY_AFTER_S", _count(86_400))
+    wait_aof: bool = setting(False, "PROCFLEET_WAIT_AOF", BOOLEAN)
+    wait_aof_timeout_ms: int = setting(1_000, "PROCFLEET_WAIT_AOF_TIMEOUT_MS", _count(600_000))
+    tls_cert_file: str | None = setting(None, "PROCFLEET_TLS_CERT", text())
+    tls_key_file: str | None = setting(None, "PROCFLEET_TLS_KEY", text())
+    # per token; 0 turns the limit off
+    rate_limit_per_s: float = setting(500.0, "PROCFLEET_RATE_LIMIT_PER_S", number(0, 1e9))
+    rate_limit_burst: int = setting(1_000, "PROCFLEET_RATE_LIMIT_BURST", _count())
+    dedupe_ttl_s: int = setting(3_600, "PROCFLEET_DEDUPE_TTL_S", _count(30 * 86_400))
+    # same variable and default as the digest workers
+    retention_days: int = setting(7, "PROCFLEET_RETENTION_DAYS", _count(36_500))
+    max_future_s: float = setting(600.0, "PROCFLEET_MAX_FUTURE_S", _seconds())
+    max_raw_output_bytes: int = setting(1 * MIB, "PROCFLEET_MAX_RAW_OUTPUT_BYTES", _count())
+    redis_timeout_s: float = setting(5.0, "PROCFLEET_REDIS_TIMEOUT_S", _seconds(3_600))
+    redis_pool_size: int = setting(16, "PROCFLEET_REDIS_POOL_SIZE", _count(10_000))
+    # how long to wait for Redis when starting
+    redis_startup_wait_s: float = setting(10.0, "PROCFLEET_REDIS_STARTUP_WAIT_S", _seconds())
+    token_refresh_s: float = setting(5.0, "PROCFLEET_TOKEN_REFRESH_S", _seconds())
+    shutdown_timeout_s: float = setting(30.0, "PROCFLEET_SHUTDOWN_TIMEOUT_S", _seconds())
+    # Query API only (query/routes.py): the pool is created lazily, so ingest runs without it.
+    database_url: str = setting(DEFAULT_DATABASE_URL, "DATABASE_URL", DATABASE_URL)
 
-    def __post_init__(self) -> None:
-        _check(self.shards >= 1 and self.shards <= stream.MAX_SHARDS, "shards", self.shards,
-               f"must be between 1 and {stream.MAX_SHARDS}")
-        for name in ("max_body_bytes", "backlog_high_water", "retry_after_s",
-                     "wait_aof_timeout_ms", "rate_limit_burst", "dedupe_ttl_s",
-                     "retention_days", "max_raw_output_bytes", "redis_pool_size"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        for name in ("backlog_refresh_s", "redis_timeout_s", "token_refresh_s",
-                     "shutdown_timeout_s", "max_future_s", "redis_startup_wait_s"):
-            _check(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
-        _check(self.rate_limit_per_s >= 0, "rate_limit_per_s", self.rate_limit_per_s,
-               "must be >= 0 (0 turns the limit off)")
-        _check((self.tls_cert_file is None) == (self.tls_key_file is None), "tls_cert_file",
-               self.tls_cert_file, "TLS needs both a certificate and a key file")
-        scheme = urlsplit(self.redis_url).scheme
-        _check(scheme in ("redis", "rediss", "unix"), "redis_url", mask_url(self.redis_url),
-               "scheme must be redis://, rediss:// or unix://")
+    def check_together(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise self.invalid("tls_cert_file", "TLS needs both a certificate and a key file")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> GatewaySettings:
-        """Settings from environment variables (unset or empty = default), then ``overrides``."""
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = env.get(ENV_NAMES[field.name], "").strip()
-            if raw:
-                values[field.name] = _PARSERS[field.name](ENV_NAMES[field.name], raw)
-        values.update(overrides)
-        return cls(**values)
-
-    def masked(self) -> dict[str, Any]:
-        """The settings for the startup log line, with the Redis password hidden."""
-        return {**asdict(self), "redis_url": mask_url(self.redis_url),
-                "database_url": mask_url(self.database_url)}
-
-
-ENV_NAMES: dict[str, str] = {
-    "redis_url": "REDIS_URL",
-    "shards": "PROCFLEET_SHARDS",
-    "max_body_bytes": "PROCFLEET_MAX_BODY_BYTES",
-    "backlog_high_water": "PROCFLEET_BACKLOG_HIGH_WATER",
-    "backlog_refresh_s": "PROCFLEET_BACKLOG_REFRESH_S",
-    "retry_after_s": "PROCFLEET_RETRY_AFTER_S",
-    "wait_aof": "PROCFLEET_WAIT_AOF",
-    "wait_aof_timeout_ms": "PROCFLEET_WAIT_AOF_TIMEOUT_MS",
-    "tls_cert_file": "PROCFLEET_TLS_CERT",
-    "tls_key_file": "PROCFLEET_TLS_KEY",
-    "rate_limit_per_s": "PROCFLEET_RATE_LIMIT_PER_S",
-    "rate_limit_burst": "PROCFLEET_RATE_LIMIT_BURST",
-    "dedupe_ttl_s": "PROCFLEET_DEDUPE_TTL_S",
-    "retention_days": "PROCFLEET_RETENTION_DAYS",
-    "max_future_s": "PROCFLEET_MAX_FUTURE_S",
-    "max_raw_output_bytes": "PROCFLEET_MAX_RAW_OUTPUT_BYTES",
-    "redis_timeout_s": "PROCFLEET_REDIS_TIMEOUT_S",
-    "redis_pool_size": "PROCFLEET_REDIS_POOL_SIZE",
-    "redis_startup_wait_s": "PROCFLEET_REDIS_STARTUP_WAIT_S",
-    "token_refresh_s": "PROCFLEET_TOKEN_REFRESH_S",
-    "shutdown_timeout_s": "PROCFLEET_SHUTDOWN_TIMEOUT_S",
-    "database_url": "DATABASE_URL",
-}
-
-
-def _check(ok: bool, name: str, value: object, reason: str) -> None:
-    if not ok:
-        raise ConfigError(ENV_NAMES.get(name, name), value, reason)
-
-
-def _int(key: str, raw: str) -> int:
-    try:
-        return int(raw.replace("_", ""))
-    except ValueError:
-        raise ConfigError(key, raw, "must be an integer") from None
-
-
-def _float(key: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(key, raw, "must be a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(key, raw, "must be a finite number")
-    return value
-
-
-def _bool(key: str, raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(key, raw, "must be true or false")
-
-
-def _str(key: str, raw: str) -> str:
-    return raw
-
-
-_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    f.name: {"int": _int, "float": _float, "bool": _bool}.get(str(f.type), _str)
-    for f in fields(GatewaySettings)
-}
-
-
-def mask_url(url: str) -> str:
-    """``redis://:***@host:6379/0``: a URL fit for a log line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    def from_env(cls, environ, **overrides) -> GatewaySettings:
+        """Settings from environment variables (unset or blank = default), then ``overrides``."""
+        return cls.load(environ, **overrides)

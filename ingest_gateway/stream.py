@@ -2,7 +2,8 @@
 
 This module is the only place that knows how samples travel from the gateway to the digest
 workers. The gateway encodes with it, the workers decode with it (it is the one module of
-``ingest_gateway`` that ``digest_worker`` may import), so it depends on nothing but orjson.
+``ingest_gateway`` that ``digest_worker`` may import), so it depends on nothing but orjson and
+the error root.
 
 A message is one stream entry with one field, ``m``: an orjson array
 ``[SCHEMA_VERSION, kind, *columns]`` whose columns follow ``COLUMNS[kind]``. Kinds: ``p`` one
@@ -19,10 +20,6 @@ which the worker compares; every other timestamp (``start_time``, ``oldest_start
 the RFC 3339 text orjson writes for the validated datetime (a Python conversion per row cost
 the gateway more than encoding the rest of the row).
 
-Schema 1 (written by earlier gateways: fields ``v`` = ``1`` and ``d`` =
-``[kind, *columns]``, every timestamp as epoch seconds) is still decoded, so an upgrade never
-strands the entries already in a stream.
-
 Streams are sharded by a stable hash of ``server_id`` so one host's samples stay in order on
 one stream; the shard number is a Redis Cluster hash tag (``{3}``), so a stream, its
 dead-letter stream and nothing else share a slot.
@@ -36,6 +33,8 @@ from typing import Any, Final
 
 import orjson
 
+from agent.errors import ProcfleetError
+
 SCHEMA_VERSION: Final = 2
 
 KEY_PREFIX: Final = "procfleet:"
@@ -44,10 +43,6 @@ DEFAULT_SHARDS: Final = 4
 MAX_SHARDS: Final = 1024
 
 FIELD_MESSAGE: Final = b"m"
-# Schema 1's fields, decoded only.
-LEGACY_FIELD_VERSION: Final = b"v"
-LEGACY_FIELD_DATA: Final = b"d"
-LEGACY_VERSION: Final = b"1"
 
 KIND_PROCESS: Final = "p"
 KIND_GROUP: Final = "g"
@@ -79,7 +74,7 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
-class StreamDecodeError(ValueError):
+class StreamDecodeError(ProcfleetError):
     """An entry that is not a message of this schema (it goes to the dead-letter stream)."""
 
 
@@ -150,7 +145,7 @@ def decode(fields: list[bytes] | dict[bytes, bytes]) -> tuple[str, list[Any]]:
         if not isinstance(fields, dict):
             fields = dict(zip(fields[::2], fields[1::2], strict=False))
         if FIELD_MESSAGE not in fields:
-            return _decode_legacy(fields)
+            raise StreamDecodeError(f"no field {FIELD_MESSAGE!r}: not a procfleet message")
         payload = fields[FIELD_MESSAGE]
     try:
         data = orjson.loads(payload)
@@ -162,22 +157,6 @@ def decode(fields: list[bytes] | dict[bytes, bytes]) -> tuple[str, list[Any]]:
     if _ROW_LENGTH.get(kind) != len(data) - 2:
         raise StreamDecodeError(_wrong_shape(kind, len(data) - 2))
     return kind, data[2:]
-
-
-def _decode_legacy(fields: dict[bytes, bytes]) -> tuple[str, list[Any]]:
-    version = fields.get(LEGACY_FIELD_VERSION)
-    if version != LEGACY_VERSION:
-        raise StreamDecodeError(f"unsupported schema version {version!r}")
-    try:
-        data = orjson.loads(fields[LEGACY_FIELD_DATA])
-    except (KeyError, orjson.JSONDecodeError) as exc:
-        raise StreamDecodeError(f"unreadable payload: {exc}") from None
-    if type(data) is not list or not data:
-        raise StreamDecodeError(f"not a schema 1 message: {str(data)[:80]!r}")
-    kind = data[0]
-    if _ROW_LENGTH.get(kind) != len(data) - 1:
-        raise StreamDecodeError(_wrong_shape(kind, len(data) - 1))
-    return kind, data[1:]
 
 
 def _wrong_shape(kind: Any, columns: int) -> str:

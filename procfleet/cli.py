@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "token": ("token", "create, list and revoke API tokens"),
     "parse": ("parse", "parse a saved ps / tasklist output into JSON"),
     "top": ("top", "show the top processes from the API"),
+    "mcp": ("mcp", "serve the MCP tools over stdio for LLM clients"),
+    "export": ("export", "export samples or rollups to Parquet / CSV files"),
 }
 
 

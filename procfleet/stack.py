@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.errors import ProcfleetError
 from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, port_is_taken
@@ -343,15 +344,13 @@ def _scrape(url: str) -> str:
 
 
 def _sum(exposition: str, metric: str) -> float:
-    """Sum of every sample of ``metric`` in an exposition text (all label sets)."""
-    total = 0.0
-    for line in exposition.splitlines():
-        if line.startswith(metric) and line[len(metric):len(metric) + 1] in (" ", "{"):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                continue
-    return total
+    """Sum of every sample named ``metric`` in an exposition text (all label sets); an
+    unreadable text counts as no figure (the status line then shows 0)."""
+    try:
+        return sum(sample.value for family in text_string_to_metric_families(exposition)
+                   for sample in family.samples if sample.name == metric)
+    except ValueError:
+        return 0.0
 
 
 def run_stack(options: StackOptions) -> int:

@@ -20,6 +20,9 @@ import pytest_asyncio
 
 from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey
 
+# Fixtures shared by several suites, defined in the importable helper package.
+pytest_plugins = ["tests.support.gateway"]
+
 
 @pytest.fixture(autouse=True)
 def _restore_root_logging():

@@ -1,7 +1,7 @@
-"""`procfleet gateway`: the HTTP service (ingest, and the query API and dashboard when present).
+"""`procfleet gateway`: the HTTP service (ingest, the query API and the dashboard).
 
-Settings come from the environment (``ingest_gateway.settings.ENV_NAMES``); the listen address
-from the flags.
+Settings come from the environment (``ingest_gateway.settings.GatewaySettings``); the listen
+address from the flags.
 """
 
 from __future__ import annotations

@@ -13,8 +13,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
+
+from agent.errors import ConfigError, ProcfleetError
+from agent.settings_loader import SECRET, Secret, Settings, setting, url
 
 if TYPE_CHECKING:  # imported where used: `procfleet --help` stays light
     import httpx
@@ -27,7 +31,7 @@ COLUMNS = (("#", ">"), ("NAME", "<"), ("AVG CPU", ">"), ("PEAK CPU", ">"), ("AVG
 MAX_NAME_CHARS = 40
 
 
-class TopError(Exception):
+class TopError(ProcfleetError):
     """A refusal or transport error, with the message to print."""
 
 
@@ -64,13 +68,43 @@ def fetch_top(client: httpx.Client, params: list[tuple[str, str]]) -> dict[str, 
     except httpx.HTTPError as exc:
         raise TopError(f"cannot reach the gateway at {client.base_url}: {exc}") from None
     if response.status_code != 200:
-        try:
-            error = response.json()["error"]
-            reason = f"{error.get('field')}: {error.get('reason')}"
-        except (ValueError, KeyError, TypeError):
-            reason = response.text[:200]
-        raise TopError(f"the gateway answered {response.status_code}: {reason}")
+        raise TopError(f"the gateway answered {response.status_code}: {error_reason(response)}")
     return response.json()
+
+
+def error_reason(response: httpx.Response) -> str:
+    """``field: reason`` of the gateway's JSON error body (or the start of another body)."""
+    try:
+        error = response.json()["error"]
+        return f"{error.get('field')}: {error.get('reason')}"
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
+
+
+@dataclass(frozen=True)
+class ApiClientSettings(Settings):
+    """What a client of the query API needs (``procfleet top``, ``procfleet mcp``)."""
+
+    gateway_url: str | None = setting(
+        None, "PROCFLEET_GATEWAY_URL", url("http", "https", strip_slash=True))
+    token: Secret | None = setting(None, "PROCFLEET_TOKEN", SECRET)
+
+
+def gateway_settings(env: Mapping[str, str]) -> tuple[str, str, list[str]]:
+    """``PROCFLEET_GATEWAY_URL`` (without a trailing /), ``PROCFLEET_TOKEN``, and what is wrong
+    with them (empty when both are usable). Shared by every client of the query API."""
+    try:
+        settings = ApiClientSettings.load(env)
+    except ConfigError as exc:
+        return "", "", [str(exc)]
+    problems = []
+    if settings.gateway_url is None:
+        problems.append("PROCFLEET_GATEWAY_URL must be the gateway's http(s):// URL")
+    if settings.token is None:
+        problems.append("PROCFLEET_TOKEN must be a token with the read scope "
+                        "(procfleet token create --scope read)")
+    token = settings.token.get_secret_value() if settings.token else ""
+    return settings.gateway_url or "", token, problems
 
 
 def _cpu(value: float) -> str:
@@ -119,14 +153,7 @@ def main(args: argparse.Namespace, env: Mapping[str, str], *, out: TextIO = sys.
     import httpx
     import orjson
 
-    url = env.get("PROCFLEET_GATEWAY_URL", "").strip()
-    token = env.get("PROCFLEET_TOKEN", "").strip()
-    problems = []
-    if not url.startswith(("http://", "https://")):
-        problems.append("PROCFLEET_GATEWAY_URL must be the gateway's http(s):// URL")
-    if not token:
-        problems.append("PROCFLEET_TOKEN must be a token with the read scope "
-                        "(procfleet token create --scope read)")
+    url, token, problems = gateway_settings(env)
     if not 1 <= args.hours <= 168:
         problems.append(f"--hours must be between 1 and 168, got {args.hours}")
     if not 1 <= args.limit <= 50:
@@ -139,7 +166,7 @@ def main(args: argparse.Namespace, env: Mapping[str, str], *, out: TextIO = sys.
         return 2
     params = query_params(args)
     rounds = 0
-    with httpx.Client(base_url=url.rstrip("/"), timeout=TIMEOUT_S, transport=transport,
+    with httpx.Client(base_url=url, timeout=TIMEOUT_S, transport=transport,
                       headers={"Authorization": f"Bearer {token}"}) as client:
         while True:
             rounds += 1

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from agent.contract import Report
 from agent.spool import spooled_files
 from procfleet.cli import build_parser
 from procfleet.commands import agent as agent_command
+from procfleet.embedded import free_port
 
 TOKEN = "pf_ingest_CliSecretToken123"
 GATEWAY = "http://gw.test"
@@ -101,7 +101,7 @@ def test_check_fails_when_the_spool_dir_is_not_writable(tmp_path, capsys):
 def test_environment_overrides_reach_check(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PROCFLEET_INTERVAL_S", "nope")
     assert run_cli("--config", write_config(tmp_path), "--check") == 1
-    assert "interval_s='nope'" in capsys.readouterr().err
+    assert "PROCFLEET_INTERVAL_S='nope'" in capsys.readouterr().err
 
 
 def test_dry_run_prints_a_valid_report_and_sends_nothing(tmp_path):
@@ -165,12 +165,6 @@ def test_once_exits_1_when_the_report_is_rejected(tmp_path):
         assert run_cli("--config", write_config(tmp_path, process_exporter_url=""),
                        "--once") == 1
     assert list((tmp_path / "spool").iterdir()) == []
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def spooled_count(port: int) -> float:

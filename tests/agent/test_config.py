@@ -94,7 +94,7 @@ def test_spool_dir_defaults_under_data_dir(tmp_path):
         ("interval_s = 0", "interval_s", "between"),
         ('interval_s = "soon"', "interval_s", "expected a number"),
         ("interval_s = true", "interval_s", "expected a number"),
-        ("interval_s = nan", "interval_s", "between"),
+        ("interval_s = nan", "interval_s", "finite"),
         ("max_processes = -1", "max_processes", "between"),
         ("max_processes = 2.5", "max_processes", "whole number"),
         ('gateway_url = "gw.example.com"', "gateway_url", "http"),
@@ -113,10 +113,13 @@ def test_invalid_values_name_key_value_and_reason(tmp_path, text, key, reason):
     assert key in str(info.value)
 
 
-def test_bad_environment_value_is_a_config_error():
+def test_bad_environment_value_names_the_variable_and_its_text():
     with pytest.raises(ConfigError) as info:
         load_settings(None, {"PROCFLEET_TIMEOUT_S": "-3"})
-    assert (info.value.key, info.value.value) == ("timeout_s", "-3")
+    assert (info.value.key, info.value.value) == ("PROCFLEET_TIMEOUT_S", "-3")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"PROCFLEET_INTERVAL_S": "inf"})
+    assert (info.value.key, info.value.value) == ("PROCFLEET_INTERVAL_S", "inf")
 
 
 def test_broken_toml_and_missing_file_are_config_errors(tmp_path):

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 # Server-extra packages: not installed on a host that runs only the agent.
-FORBIDDEN = ("aiohttp", "redis", "asyncpg", "hiredis", "orjson")
+FORBIDDEN = ("aiohttp", "redis", "asyncpg", "hiredis", "orjson", "mcp", "pyarrow")
 
 PROBE = textwrap.dedent(
     """

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -24,7 +23,6 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.collectors.process_exporter import (
-    DEFAULT_URL,
     ExporterScrape,
     ExporterUnavailable,
     parse_groups,
@@ -32,6 +30,7 @@ from agent.collectors.process_exporter import (
 )
 from agent.contract import ProcessGroup
 from agent.errors import CollectError
+from procfleet.embedded import free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "process_exporter"
 URL = "http://exporter.test:9256/metrics"
@@ -266,8 +265,14 @@ async def test_an_oversized_body_is_refused():
         await scrape_fixture("debian_0.7.10.prom", max_body_bytes=100)
 
 
-def test_default_url_is_the_exporters_standard_port():
-    assert DEFAULT_URL == "http://127.0.0.1:9256/metrics"
+async def test_without_a_url_it_scrapes_the_exporters_standard_port():
+    content = fixture_bytes("debian_0.7.10.prom")
+    with respx.mock(assert_all_called=True) as mock:
+        route = mock.get("http://127.0.0.1:9256/metrics").respond(200, content=content)
+        async with httpx.AsyncClient() as client:
+            scrape = await scrape_groups(client)
+    assert route.call_count == 1
+    assert {"nginx", "postgres"} <= set(by_name(scrape))
 
 
 @given(st.text(max_size=400))
@@ -276,8 +281,38 @@ def test_arbitrary_text_is_parsed_or_refused_with_value_error(text):
         groups, dropped = parse_groups(text)
     except ValueError:
         return
-    assert dropped >= 0
-    assert all(isinstance(g, ProcessGroup) for g in groups)
+    # Nothing is invented: every group, kept or dropped, was named by a sample line.
+    assert len(groups) + dropped <= text.count("groupname=")
+    assert all(isinstance(g, ProcessGroup) and g.name in text for g in groups)
+
+
+GROUP_NAMES = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1,
+                      max_size=40).filter(lambda name: name.strip() == name and name)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@given(st.dictionaries(GROUP_NAMES, st.tuples(st.integers(0, 10_000),
+                                                 st.integers(0, 10**9),
+                                                 st.integers(0, 2**40)), max_size=8))
+def test_generated_expositions_come_back_group_by_group(groups):
+    lines = []
+    for name, (procs, cpu_ms, rss) in groups.items():
+        label = f'groupname="{_label(name)}"'
+        cpu = "namedprocess_namegroup_cpu_seconds_total"
+        lines += [f"namedprocess_namegroup_num_procs{{{label}}} {procs}",
+                  f'{cpu}{{{label},mode="user"}} {cpu_ms / 1000}',
+                  f'{cpu}{{{label},mode="system"}} 0',
+                  f'namedprocess_namegroup_memory_bytes{{{label},memtype="resident"}} {rss}']
+
+    parsed, dropped = parse_groups("\n".join(lines) + "\n")
+
+    assert dropped == 0
+    assert {g.name: (g.num_procs, g.cpu_user_seconds_total, g.memory_resident_bytes)
+            for g in parsed} == {name: (procs, cpu_ms / 1000, rss)
+                                 for name, (procs, cpu_ms, rss) in groups.items()}
 
 
 # --- a real process_exporter -----------------------------------------------------------
@@ -289,12 +324,6 @@ EXPORTER_CONFIG = """process_names:
     - '.+'
 """
 READY_WAIT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def proc_start_time(pid: int) -> datetime:

@@ -11,7 +11,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -59,12 +58,6 @@ def ansible_env(ansible_home: Path) -> dict[str, str]:
         ANSIBLE_FORCE_COLOR="0",
     )
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scratch_dir(prefix: str) -> Path:

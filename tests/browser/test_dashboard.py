@@ -22,7 +22,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from digest_worker.rollup import refresh_rollups
-from ingest_gateway import routes_query
 from ingest_gateway.app import create_app
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
@@ -78,7 +77,7 @@ async def dashboard(redis_url, redis, migrated_database):
     await conn.close()
     _, token = await TokenStore(redis).create("read", "browser-test")
     settings = GatewaySettings(redis_url=redis_url, database_url=url, token_refresh_s=0.2)
-    server = TestServer(create_app(settings, extra_routes=[routes_query.setup]))
+    server = TestServer(create_app(settings))
     await server.start_server()
     yield server, token
     await server.close()

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from agent.contract import Report
 from agent.spool import spooled_files
 from ingest_gateway import stream
-from tests.e2e.harness import SHARDS, Program, Stack, wait_until
+from tests.e2e.harness import SHARDS, Program, Stack
+from tests.support.polling import wait_until
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ROW_TABLES = ("process_samples", "process_group_samples", "snapshots")

@@ -9,13 +9,10 @@ ends, and every wait has a deadline. What the tests check afterwards is in ``che
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +24,7 @@ from redis.asyncio import Redis
 from ingest_gateway.auth import TokenStore
 from migrations.runner import migrate
 from procfleet.embedded import free_port
+from tests.support.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SHARDS = 4
@@ -51,21 +49,6 @@ WORKER_ENV = {
     "PROCFLEET_WORKER_CLAIM_IDLE_MS": "5000",
     "PROCFLEET_WORKER_SUMMARY_INTERVAL_S": "5",
 }
-
-
-async def wait_until(check: Callable[[], Awaitable[T]], what: str, timeout_s: float = 30.0,
-                     interval_s: float = 0.1) -> T:
-    """Poll ``check`` until it returns a truthy value; fail naming ``what`` after
-    ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout_s:g} s (last: {last!r})")
-        await asyncio.sleep(interval_s)
 
 
 class Program:
@@ -215,7 +198,7 @@ class Stack:
                 except httpx.HTTPError:
                     return False
 
-            await wait_until(ready, "gateway ready", timeout_s)
+            await wait_until(ready, "gateway ready", timeout_s=timeout_s)
 
     def start_worker(self, consumer: str, **env: str) -> Program:
         """One worker process with a fixed consumer name (a restart reads its own pending

@@ -32,7 +32,7 @@ from tests.e2e.checks import (
     worker_duplicates,
 )
 from tests.e2e.conftest import Pipeline
-from tests.e2e.harness import wait_until
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 

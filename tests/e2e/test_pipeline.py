@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.harness import wait_until
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,8 @@ import pytest
 
 from procfleet.embedded import PASSWORD_FILE, free_port, port_is_taken
 from procfleet.private_root import PRIVATE_ROOT, postgres_data_dir
-from tests.e2e.harness import REPO, wait_until
+from tests.e2e.harness import REPO
+from tests.support.polling import wait_until
 from tests.support.processes import descendants, wait_gone
 
 pytestmark = pytest.mark.integration

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from gateway_helpers import report_doc, total_messages
 
 from ingest_gateway import stream
 from ingest_gateway.app_state import STATE
+from tests.support.reports import report_doc, total_messages
 
 pytestmark = pytest.mark.integration
 

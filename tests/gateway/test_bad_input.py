@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from gateway_helpers import iso, report_doc, total_messages
 
 from ingest_gateway import stream
 from ingest_gateway.auth import TokenCache, TokenStore
-from ingest_gateway.body import _BoundedInflater
 from ingest_gateway.errors import PayloadTooLarge, Unauthorized
+from ingest_gateway.ingest.body import _BoundedInflater
+from tests.support.reports import iso, report_doc, total_messages
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,12 @@ import httpx
 import orjson
 import pytest
 import redis as redis_sync
-from gateway_helpers import report_doc
 
 from ingest_gateway import stream
 from ingest_gateway.auth import hash_token
 from procfleet.cli import build_parser
 from procfleet.embedded import free_port
+from tests.support.reports import report_doc
 
 pytestmark = pytest.mark.integration
 

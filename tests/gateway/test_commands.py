@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from gateway_helpers import iso, stream_entries, total_messages
 
 from agent.parsers import parse_output
 from ingest_gateway import stream
-from ingest_gateway.commands_format import commands_report_id
+from ingest_gateway.ingest.commands_format import commands_report_id
+from tests.support.reports import iso, stream_entries, total_messages
 
 pytestmark = pytest.mark.integration
 

@@ -10,15 +10,15 @@ from typing import Any
 
 import msgspec
 import pytest
-from gateway_helpers import report_doc, stream_entries
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from agent.contract import Host, ProcessGroup, ProcessSample, Report, Snapshot
 from ingest_gateway import stream
-from ingest_gateway.fast_contract import STRUCT_OF, FastPathRefused, decode_report
-from ingest_gateway.messages import report_messages
+from ingest_gateway.ingest.fast_contract import STRUCT_OF, FastPathRefused, decode_report
+from ingest_gateway.ingest.messages import report_messages
+from tests.support.reports import report_doc, stream_entries
 
 
 def plain(value: Any) -> Any:

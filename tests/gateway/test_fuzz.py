@@ -19,7 +19,6 @@ import httpx
 import pytest
 import redis as redis_sync
 from aiohttp import web
-from gateway_helpers import report_doc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from ingest_gateway import stream
 from ingest_gateway.app import create_app
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.settings import GatewaySettings
+from tests.support.reports import report_doc
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,7 @@ def threaded_gateway(redis_url) -> Iterator[ThreadedGateway]:
         _, holder["token"] = await TokenStore(redis_async).create("ingest", "fuzz")
         await redis_async.aclose()
         app = create_app(GatewaySettings(redis_url=redis_url, shards=SHARDS,
-                                         rate_limit_per_s=0, max_body_bytes=256_000),
-                         extra_routes=[])
+                                         rate_limit_per_s=0, max_body_bytes=256_000))
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from gateway_helpers import report_doc, stream_entries, total_messages
 
 from ingest_gateway import stream
+from tests.support.reports import report_doc, stream_entries, total_messages
 
 pytestmark = pytest.mark.integration
 

@@ -47,18 +47,30 @@ async def test_every_schema_reference_resolves(gateway):
     assert "processes" in report["properties"]
 
 
-async def test_routes_added_later_are_served_and_documented(make_gateway):
-    async def top(request: web.Request) -> web.Response:
+async def test_extra_routes_are_served_and_documented(make_gateway):
+    async def probe(request: web.Request) -> web.Response:
         return web.json_response([])
 
     def setup(app: web.Application) -> None:
-        app.router.add_get("/api/processes/top", top)
-        app[OPENAPI_PATHS]["/api/processes/top"] = {"get": {
-            "summary": "top processes", "responses": {"200": {"description": "OK"}}}}
+        app.router.add_get("/api/test-probe", probe)
+        app[OPENAPI_PATHS]["/api/test-probe"] = {"get": {
+            "summary": "a test route", "responses": {"200": {"description": "OK"}}}}
 
     gateway = await make_gateway(extra_routes=[setup])
 
-    assert (await gateway.client.get("/api/processes/top")).status == 200
+    assert (await gateway.client.get("/api/test-probe")).status == 200
     doc = await (await gateway.client.get("/api/openapi.json")).json()
-    assert "/api/processes/top" in doc["paths"]
+    assert "/api/test-probe" in doc["paths"]
     assert "/v1/reports" in doc["paths"]
+
+
+async def test_every_route_family_is_registered_by_default(make_gateway):
+    gateway = await make_gateway()
+
+    # No token: 401 from the route itself (an unregistered route would be 404).
+    for path in ("/v1/reports", "/api/processes/top", "/api/servers", "/metrics", "/"):
+        method = gateway.client.post if path.startswith("/v1/") else gateway.client.get
+        assert (await method(path)).status != 404, path
+    assert (await gateway.client.get("/api/processes/top")).status == 401
+    doc = await (await gateway.client.get("/api/openapi.json")).json()
+    assert {"/v1/reports", "/api/processes/top", "/api/servers"} <= set(doc["paths"])

@@ -10,11 +10,11 @@ import asyncio
 import logging
 
 import pytest
-from gateway_helpers import report_doc
 from redis.asyncio import Redis
 
 from ingest_gateway import stream
 from ingest_gateway.app_state import STATE
+from tests.support.reports import report_doc
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -64,7 +64,7 @@ async def test_out_of_memory_mid_report_is_503_and_not_remembered_as_seen(
     doc = report_doc(server_id="big", processes=5_000)
     key = stream.sample_stream(stream.shard_for("big", 4))
 
-    with caplog.at_level(logging.WARNING, logger="ingest_gateway.enqueue"):
+    with caplog.at_level(logging.WARNING, logger="ingest_gateway.ingest.enqueue"):
         refused = await gateway.post_report(doc)
 
     partial = await client.xlen(key)

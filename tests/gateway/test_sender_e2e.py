@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
-from gateway_helpers import report_doc, total_messages
 
 from agent.contract import Report
 from agent.errors import DeliveryError
@@ -14,6 +13,7 @@ from agent.sender import GatewayAuthError, Sender
 from ingest_gateway import stream
 from ingest_gateway.app_state import STATE
 from ingest_gateway.auth import TokenStore
+from tests.support.reports import report_doc, total_messages
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import pytest
 
 from agent.errors import ConfigError
 from ingest_gateway import stream
-from ingest_gateway.settings import ENV_NAMES, GatewaySettings, mask_url
+from ingest_gateway.settings import GatewaySettings, mask_url
 
 
 def test_defaults_without_environment():
@@ -17,7 +17,8 @@ def test_defaults_without_environment():
 
 
 def test_every_setting_has_an_environment_variable():
-    assert set(ENV_NAMES) == set(GatewaySettings.__dataclass_fields__)
+    for name in GatewaySettings.__dataclass_fields__:
+        assert GatewaySettings.env_name(name).isupper(), name
 
 
 def test_environment_values_are_parsed_by_type():
@@ -48,15 +49,17 @@ def test_environment_values_are_parsed_by_type():
     ({"PROCFLEET_RATE_LIMIT_PER_S": "-1"}, "PROCFLEET_RATE_LIMIT_PER_S"),
     ({"PROCFLEET_TLS_CERT": "/only/cert.pem"}, "PROCFLEET_TLS_CERT"),
     ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL"),
+    ({"PROCFLEET_REDIS_TIMEOUT_S": "inf"}, "PROCFLEET_REDIS_TIMEOUT_S"),
 ])
 def test_invalid_values_name_the_variable_and_the_value(env, key):
     with pytest.raises(ConfigError) as raised:
         GatewaySettings.from_env(env)
     assert raised.value.key == key
+    assert raised.value.value == env[key]
 
 
 def test_password_is_masked_in_the_startup_settings():
     settings = GatewaySettings(redis_url="redis://user:hunter2@cache:6379/0")
-    assert "hunter2" not in str(settings.masked())
+    assert "hunter2" not in str(settings.describe())
     assert mask_url("redis://cache:6379/0") == "redis://cache:6379/0"
     assert mask_url("rediss://:pw@cache:6380/1") == "rediss://:***@cache:6380/1"

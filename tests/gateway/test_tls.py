@@ -8,12 +8,12 @@ import subprocess
 
 import httpx
 import pytest
-from gateway_helpers import report_doc
 
 from ingest_gateway.auth import TokenStore
 from ingest_gateway.server import serve
 from ingest_gateway.settings import GatewaySettings
 from procfleet.embedded import free_port
+from tests.support.reports import report_doc
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from query_seed import (
+
+from digest_worker.rollup import refresh_rollups
+from procfleet.embedded import free_port
+from tests.query.query_seed import (
     base_time,
     insert_groups,
     insert_processes,
@@ -14,9 +17,6 @@ from query_seed import (
     steady_group,
     steady_process,
 )
-
-from digest_worker.rollup import refresh_rollups
-from procfleet.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -155,9 +155,9 @@ async def test_tokens_are_required_and_need_the_read_scope(query_gateway, seeded
         assert (await ingest_only.json())["error"]["field"] == "Authorization"
 
 
-async def test_postgres_down_gives_503_and_ingest_keeps_working(make_query_gateway):
+async def test_postgres_down_gives_503_and_ingest_keeps_working(make_gateway):
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    gateway = await make_query_gateway(closed)
+    gateway = await make_gateway(database_url=closed)
     for path in ("/api/processes/top", "/api/servers", "/api/processes/x/series",
                  "/api/servers/x/processes"):
         response = await gateway.get(path)

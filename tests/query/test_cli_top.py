@@ -11,10 +11,10 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from query_seed import base_time, insert_groups, steady_group
 
 from procfleet.cli import build_parser
 from procfleet.commands.top import main
+from tests.query.query_seed import base_time, insert_groups, steady_group
 
 ENV = {"PROCFLEET_GATEWAY_URL": "http://gateway.test:8080/", "PROCFLEET_TOKEN": "pf_a_b"}
 ANSWER = {
@@ -94,6 +94,13 @@ def test_missing_settings_exit_2_naming_them():
     code, _, err = run(("--hours", "500"), lambda r: httpx.Response(200, json=ANSWER), env={})
     assert code == 2
     assert "PROCFLEET_GATEWAY_URL" in err and "PROCFLEET_TOKEN" in err and "--hours" in err
+
+
+def test_a_bad_gateway_url_names_the_variable_and_the_value():
+    env = {"PROCFLEET_GATEWAY_URL": "ftp://gateway.test", "PROCFLEET_TOKEN": "pf_a_b"}
+    code, _, err = run((), lambda r: httpx.Response(200, json=ANSWER), env=env)
+    assert code == 2
+    assert "PROCFLEET_GATEWAY_URL='ftp://gateway.test'" in err and "scheme" in err
 
 
 def test_watch_redraws_every_n_seconds_and_survives_errors():

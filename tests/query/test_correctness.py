@@ -6,8 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from query_reference import top as reference_top
-from query_seed import (
+
+from digest_worker.rollup import refresh_rollups
+from ingest_gateway.query.params import TimeRange, TopParams
+from ingest_gateway.query.top import top_processes
+from tests.query.query_reference import top as reference_top
+from tests.query.query_seed import (
     base_time,
     insert_groups,
     insert_processes,
@@ -15,10 +19,6 @@ from query_seed import (
     steady_group,
     steady_process,
 )
-
-from digest_worker.rollup import refresh_rollups
-from ingest_gateway.queries.params import TimeRange, TopParams
-from ingest_gateway.queries.top import top_processes
 
 pytestmark = pytest.mark.integration
 

@@ -6,12 +6,18 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from query_reference import top as reference_top
-from query_seed import base_time, insert_groups, insert_processes, steady_group, steady_process
 
 from digest_worker.rollup import LOCK_KEY, ROLLUP_TABLES, RollupJob, refresh_rollups
-from ingest_gateway.queries.params import TimeRange, TopParams
-from ingest_gateway.queries.top import top_processes
+from ingest_gateway.query.params import TimeRange, TopParams
+from ingest_gateway.query.top import top_processes
+from tests.query.query_reference import top as reference_top
+from tests.query.query_seed import (
+    base_time,
+    insert_groups,
+    insert_processes,
+    steady_group,
+    steady_process,
+)
 
 pytestmark = pytest.mark.integration
 

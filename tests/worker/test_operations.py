@@ -16,15 +16,15 @@ import pytest
 from digest_worker.worker import Worker
 from ingest_gateway import stream
 from procfleet.embedded import free_port
+from tests.support.polling import wait_until
 from tests.support.processes import descendants, wait_gone
-from tests.worker.conftest import (
+from tests.support.worker import (
     SHARDS,
     expected_counts,
     produce,
     report_messages,
     stream_state,
     table_counts,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ async def test_metrics_endpoint_counts_rows_duplicates_dead_letters_and_lag(redi
     worker = Worker(settings.with_overrides(burst=False, metrics_port=port))
     task = asyncio.create_task(worker.run())
     try:
-        await wait_for(lambda: _rows(worker, len(messages) + 4))
+        await wait_until(lambda: _rows(worker, len(messages) + 4))
         await worker.report()  # what the summary interval does
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
@@ -155,7 +155,7 @@ async def test_worker_processes_stop_when_their_supervisor_is_killed_with_9(sett
         async def two_workers() -> bool:
             family[:] = descendants(supervisor.pid)
             return sum(b"spawn_main" in _cmdline(pid) for pid in family) == 2
-        await wait_for(two_workers)
+        await wait_until(two_workers, "two worker processes")
     finally:
         supervisor.kill()
         supervisor.wait()

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from digest_worker.partitions import DAILY_TABLES, daily_partitions, partition_name, run_upkeep
-from tests.worker.conftest import produce, report_messages, run_burst
+from tests.support.worker import produce, report_messages, run_burst
 
 pytestmark = pytest.mark.integration
 

@@ -13,15 +13,16 @@ from digest_worker.redis_client import connect
 from digest_worker.streams import GroupConsumer
 from digest_worker.worker import Worker
 from ingest_gateway import stream
-from tests.worker.conftest import (
+from tests.support.polling import wait_until
+from tests.support.worker import (
     SHARDS,
+    age_pending,
     expected_counts,
     produce,
     report_messages,
     run_burst,
     stream_state,
     table_counts,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -47,9 +48,9 @@ async def test_stalled_entries_of_a_dead_consumer_are_claimed_by_another(redis, 
     await create_groups(redis)
     await produce(redis, messages)
     assert await read_as(redis, "dead-consumer") == len(messages)
-    await asyncio.sleep(0.3)  # idle longer than claim_idle_ms below
+    assert await age_pending(redis, idle_ms=120_000) == len(messages)
 
-    worker = await run_burst(settings, claim_idle_ms=200)
+    worker = await run_burst(settings, claim_idle_ms=60_000)
 
     assert await table_counts(settings.database_url) == expected_counts(messages)
     assert worker.summary.rows == len(messages)
@@ -75,10 +76,10 @@ async def test_entry_delivered_more_than_max_deliveries_is_dead_lettered(redis, 
     await read_as(redis, "crashed-1")
     for attempt in range(2, 4):  # two more consumers took it and crashed
         await redis.xclaim(key, stream.GROUP, f"crashed-{attempt}", 0, [poison_id])
-    await asyncio.sleep(0.15)
+    assert await age_pending(redis, idle_ms=120_000) == 1
 
     with caplog.at_level(logging.ERROR, logger="digest_worker"):
-        worker = await run_burst(settings, claim_idle_ms=100, max_deliveries=3)
+        worker = await run_burst(settings, claim_idle_ms=60_000, max_deliveries=3)
 
     assert worker.summary.dead_lettered == 1
     [(_id, fields)] = await redis.xrange(stream.dead_letter_stream(
@@ -112,12 +113,12 @@ async def test_group_that_disappears_is_recreated_with_an_error_line(redis, sett
     worker = Worker(settings.with_overrides(burst=False, block_ms=100))
     with caplog.at_level(logging.INFO, logger="digest_worker"):
         task = asyncio.create_task(worker.run())
-        await wait_for(lambda: _rows(worker, len(first)))
+        await wait_until(lambda: _rows(worker, len(first)))
         for key in KEYS:  # what a Redis restart without its data looks like to a worker
             await redis.delete(key)
         await asyncio.sleep(0.3)
         await produce(redis, later)
-        await wait_for(lambda: _rows(worker, len(first) + len(later)))
+        await wait_until(lambda: _rows(worker, len(first) + len(later)))
         worker.stop("test")
         await asyncio.wait_for(task, 30)
 

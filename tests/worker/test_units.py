@@ -42,12 +42,15 @@ def test_settings_come_from_the_environment_then_the_command_line():
 
 @pytest.mark.parametrize(("env", "key", "bad"), [
     ({"PROCFLEET_WORKER_BATCH_SIZE": "lots"}, "PROCFLEET_WORKER_BATCH_SIZE", "lots"),
-    ({"PROCFLEET_WORKER_BATCH_SIZE": "0"}, "batch_size", 0),
-    ({"PROCFLEET_WORKER_INSERT_METHOD": "magic"}, "insert_method", "magic"),
-    ({"PROCFLEET_WORKER_BLOCK_MS": "9000"}, "block_ms", 9000),
-    ({"DATABASE_URL": "mysql://x"}, "database_url", "mysql://x"),
+    ({"PROCFLEET_WORKER_BATCH_SIZE": "0"}, "PROCFLEET_WORKER_BATCH_SIZE", "0"),
+    ({"PROCFLEET_WORKER_INSERT_METHOD": "magic"}, "PROCFLEET_WORKER_INSERT_METHOD", "magic"),
+    ({"PROCFLEET_WORKER_BLOCK_MS": "9000"}, "PROCFLEET_WORKER_BLOCK_MS", 9000),
+    ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL", "mysql://x"),
+    ({"PROCFLEET_WORKER_SOCKET_TIMEOUT_S": "nan"}, "PROCFLEET_WORKER_SOCKET_TIMEOUT_S", "nan"),
+    ({"PROCFLEET_WORKER_RETRY_MAX_DELAY_S": "inf"}, "PROCFLEET_WORKER_RETRY_MAX_DELAY_S",
+     "inf"),
 ])
-def test_invalid_settings_name_the_key_and_the_value(env, key, bad):
+def test_invalid_settings_name_the_variable_and_the_value(env, key, bad):
     with pytest.raises(ConfigError) as caught:
         WorkerSettings.from_env(env)
     assert caught.value.key == key and caught.value.value == bad
@@ -147,8 +150,8 @@ def test_timestamp_codec_rejects_text_that_is_not_an_instant(text, reason):
                                   "2026-03-01T10:30:15.123456+00:00",
                                   "2026-03-01T10:30:15.123456Z"])
 def test_rfc3339_text_and_epoch_seconds_of_one_instant_give_one_key(text):
-    # Schema 1 carried epoch seconds, schema 2 carries text: a report retried across an
-    # upgrade must land on the same primary key.
+    # ``ts`` travels as epoch seconds and start times as text: one instant must give one key
+    # whichever form reached the codec.
     seconds = datetime(2026, 3, 1, 10, 30, 15, 123456, tzinfo=UTC).timestamp()
     assert encode_timestamptz(text) == encode_timestamptz(seconds)
 
@@ -250,3 +253,20 @@ def test_a_worker_process_collects_on_a_timer_and_never_walks_its_start_up_objec
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "True"]
+
+
+# -- run totals --------------------------------------------------------------------------
+
+
+def test_run_totals_add_batches_and_the_summary_rate_covers_one_window():
+    from digest_worker.monitor import WorkerSummary
+
+    totals = WorkerSummary(window_started_s=100.0)
+    totals.add_batch(rows=300, inserted=290, duplicates=10, dead_lettered=0, done_s=101.0)
+    totals.add_batch(rows=100, inserted=99, duplicates=0, dead_lettered=1, done_s=102.0)
+
+    assert (totals.batches, totals.rows, totals.inserted, totals.duplicates,
+            totals.dead_lettered) == (2, 400, 389, 10, 1)
+    assert totals.take_window_rate(now_s=104.0) == 100.0  # 400 rows in 4 s
+    assert totals.take_window_rate(now_s=106.0) == 0.0  # a new window, nothing since
+    assert totals.rows == 400  # the run's totals stay

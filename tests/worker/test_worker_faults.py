@@ -18,14 +18,15 @@ import pytest
 
 from digest_worker.worker import Worker
 from migrations.runner import migrate
-from tests.worker.conftest import (
+from tests.support.polling import wait_until
+from tests.support.worker import (
+    age_pending,
     expected_counts,
     produce,
     report_messages,
     run_burst,
     stream_state,
     table_counts,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
@@ -67,7 +68,7 @@ async def test_sigterm_finishes_and_acknowledges_the_batches_in_hand(redis, sett
     log_path = tmp_path / "worker.log"
     proc = start_worker(settings, log_path, PROCFLEET_WORKER_BATCH_SIZE="200")
     try:
-        await wait_for(lambda: processes_landed(settings.database_url), timeout_s=60)
+        await wait_until(lambda: processes_landed(settings.database_url), timeout_s=60)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
     finally:
@@ -92,7 +93,7 @@ async def test_kill_9_mid_batch_then_restart_lands_every_row_exactly_once(redis,
     proc = start_worker(settings, log_path, PROCFLEET_WORKER_BATCH_SIZE="200",
                         PROCFLEET_WORKER_CLAIM_IDLE_MS="1000")
     try:
-        await wait_for(lambda: _landed_at_least(settings.database_url, 2000), timeout_s=60)
+        await wait_until(lambda: _landed_at_least(settings.database_url, 2000), timeout_s=60)
         proc.kill()  # SIGKILL: no shutdown hook, a batch is in flight
         await asyncio.to_thread(proc.wait, 10)
     finally:
@@ -101,10 +102,10 @@ async def test_kill_9_mid_batch_then_restart_lands_every_row_exactly_once(redis,
     total = expected_counts(messages)["process_samples"]
     assert landed_before < total, "the worker finished before it was killed"
     assert (await stream_state(redis))["pending"] > 0  # the dead consumer's batch
-    await asyncio.sleep(1.2)  # its entries become claimable (claim idle 1 s)
+    assert await age_pending(redis, idle_ms=120_000) > 0  # the dead consumer's entries
 
     restarted = start_worker(settings, log_path, "--burst", PROCFLEET_WORKER_BATCH_SIZE="400",
-                             PROCFLEET_WORKER_CLAIM_IDLE_MS="1000")
+                             PROCFLEET_WORKER_CLAIM_IDLE_MS="60000")
     try:
         code = await asyncio.to_thread(restarted.wait, 120)
     finally:
@@ -136,13 +137,13 @@ async def test_postgres_restarted_during_a_load_loses_nothing(redis, settings, o
     with caplog.at_level(logging.INFO, logger="digest_worker"):
         task = asyncio.create_task(worker.run())
         await produce(redis, first)
-        await wait_for(lambda: _rows(worker, len(first)))
+        await wait_until(lambda: _rows(worker, len(first)))
         await asyncio.to_thread(server.stop)
         await produce(redis, second)
         await asyncio.sleep(1.5)  # the worker holds the batch and retries
         assert worker.summary.rows == len(first)
         await asyncio.to_thread(server.start)
-        await wait_for(lambda: _rows(worker, len(first) + len(second)), timeout_s=60)
+        await wait_until(lambda: _rows(worker, len(first) + len(second)), timeout_s=60)
         worker.stop("test")
         await asyncio.wait_for(task, 30)
 

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from digest_worker.writer import FALLBACK_BATCHES, BatchWriter, is_poison
-from tests.worker.conftest import report_messages
+from tests.support.worker import report_messages
 
 pytestmark = pytest.mark.integration
 

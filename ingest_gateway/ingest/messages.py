@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from agent.contract import ProcessGroup, ProcessSample, Report
 from ingest_gateway import stream
-from ingest_gateway.fast_contract import STRUCT_OF
+from ingest_gateway.ingest.fast_contract import STRUCT_OF
 
 _HEAD = ("server_id", "ts")
 for _kind, _columns in stream.COLUMNS.items():

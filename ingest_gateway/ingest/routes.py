@@ -22,12 +22,12 @@ from pydantic import BaseModel, ValidationError
 
 from agent.contract import Report
 from ingest_gateway.app_state import LOG_KV, METRICS, OPENAPI_PATHS, SETTINGS, STATE
-from ingest_gateway.body import read_body, validation_error
-from ingest_gateway.commands_format import CommandsBody, to_report
 from ingest_gateway.errors import Unprocessable, json_response
-from ingest_gateway.fast_contract import validate_report
 from ingest_gateway.guards import require_scope
-from ingest_gateway.messages import report_messages
+from ingest_gateway.ingest.body import read_body, validation_error
+from ingest_gateway.ingest.commands_format import CommandsBody, to_report
+from ingest_gateway.ingest.fast_contract import validate_report
+from ingest_gateway.ingest.messages import report_messages
 from ingest_gateway.settings import GatewaySettings
 
 INGEST_SCOPE = "ingest"

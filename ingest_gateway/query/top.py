@@ -22,9 +22,9 @@ from typing import Any
 
 import asyncpg
 
-from ingest_gateway.queries.cells import Args, cells_sql, step_slots_sql
-from ingest_gateway.queries.params import TopParams
-from ingest_gateway.queries.window import HOUR_S, Plan, plan_query
+from ingest_gateway.query.cells import Args, cells_sql, step_slots_sql
+from ingest_gateway.query.params import TopParams
+from ingest_gateway.query.window import HOUR_S, Plan, plan_query
 
 MIB = 1024 * 1024
 ORDER_COLUMNS = {"cpu": "cpu_seconds", "memory": "byte_minutes"}

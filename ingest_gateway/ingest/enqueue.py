@@ -23,10 +23,10 @@ import logging
 from dataclasses import dataclass
 
 from ingest_gateway import stream
-from ingest_gateway.durability import AofBarrier
 from ingest_gateway.errors import Unavailable
-from ingest_gateway.messages import ReportMessages
-from ingest_gateway.resp import RespPool, first_error, pack_command
+from ingest_gateway.ingest.durability import AofBarrier
+from ingest_gateway.ingest.messages import ReportMessages
+from ingest_gateway.ingest.resp import RespPool, first_error, pack_command
 
 log = logging.getLogger(__name__)
 

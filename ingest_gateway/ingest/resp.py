@@ -24,14 +24,17 @@ import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
+from agent.errors import ProcfleetError
+
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 256 * 1024
 ReplyError = hiredis.ReplyError
 
 
-class RespConnectionError(ConnectionError):
-    """The server closed the connection or could not be reached."""
+class RespConnectionError(ProcfleetError, ConnectionError):
+    """The server closed the connection or could not be reached (a ``ConnectionError`` too, so
+    the enqueue path's transport handling catches it with the socket's own errors)."""
 
 
 def pack_command(*args: bytes | str | int) -> bytes:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from ingest_gateway.queries.params import TimeRange
+from ingest_gateway.query.params import TimeRange
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ Requests never ask Redis about the backlog: a background task refreshes it every
 ``backlog_refresh_s`` (one pipelined ``XINFO GROUPS`` per shard) and a request compares the
 cached figure of its shard with the high-water mark. The backlog of a shard is what the
 ``digest`` group has not finished: ``lag + pending`` when Redis can tell the lag (>= 7.0),
-else ``XLEN`` (workers XDEL what they acknowledged, so the length is what is left to do).
+else ``XLEN`` (workers trim what the group acknowledged with ``XTRIM MINID``, so the
+length is about what is left to do).
 
 The same task keeps the stream topology alive: if a shard's stream or group disappeared (Redis
 restarted without its data) it recreates the group at id ``0``, so entries added before the
@@ -24,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from ingest_gateway import stream
 from ingest_gateway.errors import Unavailable
-from ingest_gateway.topology import digest_group, ensure_group
+from ingest_gateway.ingest.topology import digest_group, ensure_group
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest_gateway.queries.params import (
+from ingest_gateway.query.params import (
     DEFAULT_LIMIT,
     MAX_HOURS,
     MAX_LIMIT,

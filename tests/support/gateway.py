@@ -1,7 +1,9 @@
-"""Fixtures of the gateway tests: a clean Redis key space, a gateway factory, report builders.
+"""The gateway factory of every suite: ``await make_gateway(shards=2, ...)`` starts the whole
+gateway app (ingest, query API, dashboard) on a local port with settings overridden by the
+keyword arguments, and one ingest and one read token; it is stopped after the test.
 
-Every test starts and ends with no ``procfleet:*`` key in the session's Redis (never
-FLUSHALL: in CI that server is shared with other suites).
+Registered as a plugin by ``tests/conftest.py``; it needs the ``redis_url`` and ``redis``
+fixtures (the session's server, its ``procfleet:*`` key space empty around the test).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 import orjson
 import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestServer as _Server
 from redis.asyncio import Redis
 
 from ingest_gateway.app import create_app
@@ -32,7 +35,12 @@ class Gateway:
     ingest_token: str
     read_token: str
 
+    @property
+    def url(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
     def headers(self, token: str | None = None, **extra: str) -> dict[str, str]:
+        """Headers of an ingest request (the ingest token unless ``token``)."""
         return {"Authorization": f"Bearer {token or self.ingest_token}",
                 "Content-Type": "application/json", **extra}
 
@@ -48,14 +56,26 @@ class Gateway:
     async def post_report(self, doc: Any, **kwargs):
         return await self.post("/v1/reports", doc, **kwargs)
 
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        """Headers of a query request (the read token unless ``token``)."""
+        return {"Authorization": f"Bearer {token or self.read_token}"}
+
+    async def get(self, path: str, params: Any = None, token: str | None = None):
+        return await self.client.get(path, params=params, headers=self.auth(token))
+
+    async def get_json(self, path: str, params: Any = None, status: int = 200) -> Any:
+        response = await self.get(path, params)
+        body = await response.json()
+        assert response.status == status, body
+        return body
+
     async def refresh_tokens(self) -> None:
         await self.app[STATE].tokens.refresh()
 
 
 @pytest_asyncio.fixture
 async def make_gateway(redis_url, redis):
-    """Factory: ``await make_gateway(shards=2, ...)`` starts a gateway on a local port with
-    settings overridden by the keyword arguments; stopped after the test."""
+    """Factory: ``await make_gateway(url=None, extra_routes=(), **settings)``."""
     started: list[TestClient] = []
 
     async def make(url: str | None = None, extra_routes=(), **overrides: Any) -> Gateway:
@@ -71,7 +91,7 @@ async def make_gateway(redis_url, redis):
         _, read_token = await store.create("read", "tests-read")
         await token_redis.aclose()
         app = create_app(settings, extra_routes=extra_routes)
-        client = TestClient(TestServer(app))
+        client = TestClient(_Server(app))
         await client.start_server()
         started.append(client)
         return Gateway(app, client, settings, ingest_token, read_token)

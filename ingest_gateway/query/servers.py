@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
-from ingest_gateway.queries.params import bad, parse_choice, parse_int
-from ingest_gateway.queries.top import MIB, iso
+from ingest_gateway.query.params import bad, parse_choice, parse_int
+from ingest_gateway.query.top import MIB, iso
 
 STALE_AFTER_S = 300
 # The newest collection is looked for this far before the server's last_seen_at.

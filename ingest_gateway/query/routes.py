@@ -22,12 +22,12 @@ from aiohttp import web
 from ingest_gateway.app_state import LOG_KV, OPENAPI_PATHS, SETTINGS
 from ingest_gateway.errors import GatewayError, json_response
 from ingest_gateway.guards import require_scope
-from ingest_gateway.queries import openapi_paths
-from ingest_gateway.queries.database import QueryDatabase
-from ingest_gateway.queries.params import parse_series, parse_top
-from ingest_gateway.queries.series import process_series
-from ingest_gateway.queries.servers import host_snapshot, list_servers, parse_snapshot
-from ingest_gateway.queries.top import top_processes
+from ingest_gateway.query import openapi_paths
+from ingest_gateway.query.database import QueryDatabase
+from ingest_gateway.query.params import parse_series, parse_top
+from ingest_gateway.query.series import process_series
+from ingest_gateway.query.servers import host_snapshot, list_servers, parse_snapshot
+from ingest_gateway.query.top import top_processes
 
 READ_SCOPE = "read"
 STATIC_DIR = Path(__file__).resolve().parent / "static"

@@ -14,10 +14,10 @@ from typing import Any
 
 import asyncpg
 
-from ingest_gateway.queries.cells import Args, cells_sql
-from ingest_gateway.queries.params import SeriesParams
-from ingest_gateway.queries.top import MIB, choose_source, iso
-from ingest_gateway.queries.window import HOUR_S, MINUTE_S, Plan, floor_to, plan_query
+from ingest_gateway.query.cells import Args, cells_sql
+from ingest_gateway.query.params import SeriesParams
+from ingest_gateway.query.top import MIB, choose_source, iso
+from ingest_gateway.query.window import HOUR_S, MINUTE_S, Plan, floor_to, plan_query
 
 # Window length -> default step: a few hundred points at most.
 DEFAULT_STEPS_S = ((timedelta(hours=6), 60), (timedelta(hours=24), 300),

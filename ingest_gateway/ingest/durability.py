@@ -18,7 +18,7 @@ import logging
 
 from ingest_gateway import stream
 from ingest_gateway.errors import Unavailable
-from ingest_gateway.resp import RespPool, pack_command
+from ingest_gateway.ingest.resp import RespPool, pack_command
 
 log = logging.getLogger(__name__)
 

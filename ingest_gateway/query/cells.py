@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest_gateway.queries.window import HOUR_S, MINUTE_S, Plan
+from ingest_gateway.query.window import HOUR_S, MINUTE_S, Plan
 
 CELL_COLUMNS = ("samples", "cpu_seconds", "cpu_core_minutes", "memory_byte_minutes",
                 "memory_peak_bytes", "num_procs_minutes")

@@ -1,4 +1,4 @@
-"""Builders and readers shared by the gateway tests (fixtures live in conftest.py)."""
+"""Report bodies as an agent sends them, and readers of the streams a gateway fills."""
 
 from __future__ import annotations
 
