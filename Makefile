@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
 
 .PHONY: run test lint bench clean
 
@@ -14,8 +15,10 @@ $(BIN)/procfleet: pyproject.toml
 run: $(BIN)/procfleet
 	$(BIN)/procfleet up
 
+# The Debian packages the tests need: installed when root, else the command to run.
 test: $(BIN)/procfleet
-	$(BIN)/pytest -q
+	scripts/system-deps
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(BIN)/procfleet
 	$(BIN)/ruff check .

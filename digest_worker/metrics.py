@@ -66,7 +66,7 @@ class WorkerMetrics:
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``port`` from a daemon thread."""
         try:
             self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)

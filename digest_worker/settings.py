@@ -77,6 +77,8 @@ class WorkerSettings(Settings):
     consumer_name: str = setting(env="PROCFLEET_WORKER_CONSUMER", kind=text(),
                                  factory=default_consumer_name)
     metrics_port: int | None = setting(None, kind=integer(0, 65_535))  # --metrics-port
+    # Loopback unless told otherwise: /metrics names hosts and their backlog.
+    metrics_host: str = setting("127.0.0.1", "PROCFLEET_WORKER_METRICS_HOST", text())
     burst: bool = setting(False)  # --burst
 
     def check_together(self) -> None:

@@ -138,7 +138,7 @@ class Worker:
             self.pool = await self._retry("database", self._create_pool)
             await self._retry("database", self.upkeep)
             if settings.metrics_port is not None:
-                self.metrics.serve(settings.metrics_port)
+                self.metrics.serve(settings.metrics_port, settings.metrics_host)
             effective = settings.describe()
             del effective["consumer_name"]
             # shards: the count in use (the gateway's), not the fallback setting

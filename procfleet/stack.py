@@ -5,7 +5,12 @@ PostgreSQL from pip wheels, with their data under one directory so the next ``up
 Then migrations, two tokens (ingest for the local agent, read for people), and the three
 programs as child processes — gateway, workers, agent — each logging to ``<data>/logs``.
 Stopping (Ctrl-C / SIGTERM) goes downstream-last: agent, gateway, workers, then servers, so
-whatever the gateway acknowledged is drained or kept in Redis for the next start.
+whatever the gateway acknowledged is drained or kept in Redis for the next start. Killed with
+``-9``, ``up`` takes every child with it (a parent-death signal, procfleet/lifetime.py).
+
+Everything ``up`` writes is for its user only (umask 077): the servers' data, the spool, the
+logs, ``stack.json`` with the tokens. The embedded servers' passwords reach the programs in
+``REDIS_URL`` / ``DATABASE_URL``, which they mask in their log lines.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.errors import ProcfleetError
 from procfleet.embedded import EmbeddedPostgres, EmbeddedValkey, free_port, port_is_taken
+from procfleet.lifetime import die_with_parent
+from procfleet.private_root import PG_SYSTEM_USER
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 5.0
 CHILD_STOP_TIMEOUT_S = 30.0
+PRIVATE_UMASK = 0o077
 
 
 class StackError(ProcfleetError):
@@ -61,7 +69,8 @@ class Child:
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
                 self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                stderr=subprocess.STDOUT, start_new_session=True, umask=PRIVATE_UMASK,
+                preexec_fn=die_with_parent(),
             )
 
     def alive(self) -> bool:
@@ -95,6 +104,7 @@ class Stack:
     redis_url: str = ""
     database_url: str = ""
     tokens: dict[str, str] = field(default_factory=dict)
+    postgres_data_dir: Path | None = None  # where the embedded cluster lives (as root: apart)
 
     # -- start -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,6 +140,23 @@ class Stack:
             postgres.start()
             self.servers.append(postgres)
             self.database_url = postgres.url
+            self.postgres_data_dir = postgres.data_dir
+        self._write_env()
+
+    def _env_path(self) -> Path:
+        return self.options.data_dir / "env"
+
+    def _write_env(self) -> None:
+        """``<data>/env`` (0600): the servers' URLs with their passwords, for the procfleet
+        commands an operator runs by hand (``. .procfleet/env; procfleet token list``)."""
+        path = self._env_path()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"export REDIS_URL='{self.redis_url}'\n"
+                         f"export DATABASE_URL='{self.database_url}'\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
 
     def _remembered_port(self, name: str) -> int:
         """The port this server had last time if it is free (URLs stay stable across ``up``)."""
@@ -239,6 +266,11 @@ class Stack:
     def banner(self) -> str:
         port = self.options.port
         read = self.tokens["read"]
+        data = self.options.data_dir
+        postgres = []
+        if self.postgres_data_dir is not None and self.postgres_data_dir != data / "postgres":
+            postgres = [f"  postgres  : {self.postgres_data_dir}  (run as root: PostgreSQL runs "
+                        f"as {PG_SYSTEM_USER!r} and keeps its data there)"]
         return "\n".join([
             "procfleet is up.",
             f"  dashboard : http://127.0.0.1:{port}/#token={read}",
@@ -246,7 +278,10 @@ class Stack:
             f"'http://127.0.0.1:{port}/api/processes/top?metric=cpu&hours=1'",
             f"  metrics   : {self.gateway_metrics_url}  "
             f"http://127.0.0.1:{self.worker_metrics_port}/metrics",
-            f"  data      : {self.options.data_dir}  (logs in {self.options.data_dir / 'logs'})",
+            f"  data      : {data}  (logs in {data / 'logs'})",
+            f"  commands  : . {self._env_path()}  (REDIS_URL, DATABASE_URL with their "
+            f"passwords) then e.g. procfleet token list",
+            *postgres,
             "  stop      : Ctrl-C",
         ])
 
@@ -326,6 +361,7 @@ def run_stack(options: StackOptions) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    os.umask(PRIVATE_UMASK)
     try:
         stack.start()
         print(stack.banner(), flush=True)

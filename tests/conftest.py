@@ -36,11 +36,9 @@ def _restore_root_logging():
 
 
 def _scratch_dir(prefix: str) -> Path:
-    # Under /tmp on purpose: pytest's tmp_path lives below a 0700 directory that the
-    # PostgreSQL system user (when tests run as root) could not traverse.
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
+    # Private (0700), like a clone in /root: as root, EmbeddedPostgres keeps its cluster and
+    # binaries under the private root, as `procfleet up` does (procfleet/private_root.py).
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +65,7 @@ def postgres_admin_url():
     server = EmbeddedPostgres(data_dir / "pgdata")
     server.start()
     yield server.url
-    server.stop()
+    server.remove()
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -170,5 +168,5 @@ def own_postgres():
 
     yield make
     for server, data_dir in servers:
-        server.stop()
+        server.remove()
         shutil.rmtree(data_dir, ignore_errors=True)

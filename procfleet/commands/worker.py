@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency == 1:
         return _run_worker(settings)
     return run_processes(args.concurrency, _child, (settings, named, args.log_format,
-                                                    args.log_level), restart=not args.burst)
+                                                    args.log_level, os.getpid()),
+                         restart=not args.burst)
 
 
 def _migrate(database_url: str, wait_s: float = 30.0) -> int:
@@ -99,11 +100,15 @@ def _run_worker(settings) -> int:
     return 0
 
 
-def _child(index: int, settings, named: bool, log_format: str | None, log_level: str) -> None:
-    """One of N worker processes (spawned): its own consumer name and metrics port."""
+def _child(index: int, settings, named: bool, log_format: str | None, log_level: str,
+           supervisor_pid: int) -> None:
+    """One of N worker processes (spawned): its own consumer name and metrics port. It stops
+    (SIGTERM: finish the batch) when its supervisor dies, even of a kill -9."""
     from digest_worker.settings import default_consumer_name
+    from procfleet.lifetime import follow_parent
     from procfleet.logs import setup_logging
 
+    follow_parent(supervisor_pid)
     setup_logging(log_format, log_level)
     name = f"{settings.consumer_name}-{index}" if named else default_consumer_name()
     port = None if settings.metrics_port is None else settings.metrics_port + index

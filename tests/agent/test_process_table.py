@@ -310,7 +310,7 @@ async def test_real_procps_collector_matches_proc() -> None:
 @pytest.fixture(scope="module")
 def busybox() -> str:
     path = shutil.which("busybox")
-    assert path, "busybox is not installed (.ci/run installs the Debian package)"
+    assert path, "busybox is not installed (scripts/system-deps installs it)"
     return path
 
 

@@ -16,14 +16,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from ansible_harness import (
+
+from procfleet.embedded import free_port
+from tests.ansible.ansible_harness import (
     AGENT_USER,
     EXPORTER_USER,
     Converged,
     FleetPeer,
     build_release_archive,
     build_wheel,
-    free_port,
     run_playbook,
     scratch_dir,
     user_exists,

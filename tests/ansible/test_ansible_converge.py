@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_harness import AGENT_USER, EXPORTER_BINARY, EXPORTER_USER
+
+from tests.ansible.ansible_harness import AGENT_USER, EXPORTER_BINARY, EXPORTER_USER
 
 # The first test also waits for the session converge (three playbook runs).
 pytestmark = [pytest.mark.ansible, pytest.mark.timeout(600)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from ansible_harness import ANSIBLE_DIR, VENV_BIN, ansible_env
+
+from tests.ansible.ansible_harness import ANSIBLE_DIR, VENV_BIN, ansible_env
 
 pytestmark = pytest.mark.ansible
 

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -17,9 +18,11 @@ import httpx
 import orjson
 import pytest
 
-from procfleet.embedded import free_port, port_is_taken
+from procfleet.embedded import PASSWORD_FILE, free_port, port_is_taken
+from procfleet.private_root import PRIVATE_ROOT, postgres_data_dir
 from tests.e2e.harness import REPO
 from tests.support.polling import wait_until
+from tests.support.processes import descendants, wait_gone
 
 pytestmark = pytest.mark.integration
 
@@ -93,9 +96,8 @@ def leftovers(markers: list[str], since_s: float) -> list[int]:
 
 
 async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
-    # Under /tmp, traversable: PostgreSQL runs as its own user when the tests run as root.
+    # Private (0700), as /root is: as root, PostgreSQL's data moves under the private root.
     scratch = Path(tempfile.mkdtemp(prefix="procfleet-e2e-up-"))
-    scratch.chmod(0o755)
     data_dir, port = scratch / "data", free_port()
     ups: list[Up] = []
     stray: list[int] = []
@@ -105,6 +107,10 @@ async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
         banner = await ups[0].banner()
         token = re.search(r"Bearer (pf_[A-Za-z0-9_-]+)", banner).group(1)
         assert f"http://127.0.0.1:{port}/metrics" in banner
+        if os.geteuid() == 0:  # the banner says where PostgreSQL keeps its data
+            assert f"postgres  : {PRIVATE_ROOT / 'postgres'}/" in banner
+        else:
+            assert "postgres  :" not in banner
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
                                      timeout=10) as client:
@@ -121,6 +127,22 @@ async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
         assert ups[0].proc.pid in {p["pid"] for p in snapshot["processes"]}
         # The live status line.
         await wait_until(lambda: _contains(ups[0].err, "rows/s="), "the status line", 30)
+
+        # The servers' passwords reach the programs in their URLs, never a log line.
+        passwords = [(data_dir / "valkey" / PASSWORD_FILE).read_text().strip(),
+                     (postgres_data_dir(data_dir / "postgres") / PASSWORD_FILE).read_text()
+                     .strip()]
+        logs = [*sorted((data_dir / "logs").glob("*.log")), ups[0].out, ups[0].err]
+        assert len(logs) >= 5
+        assert [log for log in logs for pw in passwords if pw in log.read_text()] == []
+        assert ":***@" in (data_dir / "logs" / "workers.log").read_text()
+        # The operator's commands get the URLs, with the passwords, from <data>/env (0600).
+        env_file = data_dir / "env"
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        listed = subprocess.run(
+            ["sh", "-c", f". {env_file} && exec {sys.executable} -m procfleet token list"],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "procfleet up (read)" in listed.stdout, listed.stderr
 
         state = orjson.loads((data_dir / "stack.json").read_text())
         ports = [port, *state["ports"].values()]
@@ -147,8 +169,34 @@ async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
         stray = leftovers(markers, test_started_s)
         for pid in stray:
             os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_data(data_dir)
     assert not stray, f"procfleet up left processes behind: {stray}"
+
+
+async def test_up_killed_with_9_takes_every_child_with_it():
+    scratch = Path(tempfile.mkdtemp(prefix="procfleet-e2e-up9-"))
+    up = Up(scratch / "data", free_port(), 0)
+    family: list[int] = []
+    try:
+        await up.banner()
+        family = descendants(up.proc.pid)
+        # valkey, postgres (and its backends), workers, gateway, agent
+        assert len(family) >= 5, family
+        os.kill(up.proc.pid, signal.SIGKILL)
+        up.proc.wait(10)
+        left = wait_gone(family, timeout_s=60)
+    finally:
+        up.stop()
+        for pid in wait_gone(family, timeout_s=0):
+            os.kill(pid, signal.SIGKILL)
+        remove_data(scratch / "data")
+    assert left == [], f"children outlived procfleet up killed with -9: {left}"
+
+
+def remove_data(data_dir: Path) -> None:
+    """The test's scratch directory, and its PostgreSQL cluster wherever it lives."""
+    shutil.rmtree(postgres_data_dir(data_dir / "postgres"), ignore_errors=True)
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
 async def _contains(path: Path, text: str) -> bool:

@@ -5,6 +5,7 @@ module, never through ``sys.path``).
     reports.py   report bodies as an agent sends them, and readers of the streams
     gateway.py   the gateway factory fixture (ingest + query routes, one token per scope)
     worker.py    stream messages as the gateway enqueues them, a burst worker, table counts
+    processes.py process trees from /proc: descendants of a pid, waiting for pids to be gone
     redis_cluster.py  a real Redis / Valkey cluster on loopback ports, and its faults
     pg_replica.py     a streaming replica of an embedded PostgreSQL
 

@@ -17,6 +17,7 @@ from digest_worker.worker import Worker
 from ingest_gateway import stream
 from procfleet.embedded import free_port
 from tests.support.polling import wait_until
+from tests.support.processes import descendants, wait_gone
 from tests.support.worker import (
     SHARDS,
     expected_counts,
@@ -52,6 +53,8 @@ async def test_metrics_endpoint_counts_rows_duplicates_dead_letters_and_lag(redi
         await worker.report()  # what the summary interval does
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        # Loopback only by default: /metrics names hosts and backlogs.
+        assert worker.metrics._server.server_address[0] == "127.0.0.1"
     finally:
         worker.stop("test")
         await asyncio.wait_for(task, 30)
@@ -120,3 +123,50 @@ async def test_a_taken_metrics_port_stops_the_worker_with_a_clear_error(settings
                                          "--metrics-port", str(port))
     assert result.returncode == 1
     assert f"cannot serve /metrics on port {port}" in result.stderr
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise():
+    from digest_worker.metrics import WorkerMetrics
+    from digest_worker.settings import WorkerSettings
+
+    default = WorkerSettings.from_env({}, metrics_port=free_port())
+    told = WorkerSettings.from_env({"PROCFLEET_WORKER_METRICS_HOST": "0.0.0.0"},
+                                   metrics_port=free_port())
+    bound = []
+    for settings in (default, told):
+        metrics = WorkerMetrics()
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+        try:
+            bound.append(metrics._server.server_address[:2])
+        finally:
+            metrics.close()
+    assert bound == [("127.0.0.1", default.metrics_port), ("0.0.0.0", told.metrics_port)]
+
+
+async def test_worker_processes_stop_when_their_supervisor_is_killed_with_9(settings):
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "DATABASE_URL": settings.database_url,
+           "PROCFLEET_SHARDS": str(SHARDS), "PROCFLEET_WORKER_BLOCK_MS": "200"}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "procfleet", "worker", "--concurrency", "2", "--no-migrate"],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    family: list[int] = []
+    try:
+        async def two_workers() -> bool:
+            family[:] = descendants(supervisor.pid)
+            return sum(b"spawn_main" in _cmdline(pid) for pid in family) == 2
+        await wait_until(two_workers, "two worker processes")
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    left = await asyncio.to_thread(wait_gone, family, 60)
+    for pid in left:
+        os.kill(pid, 9)
+    assert left == []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
