@@ -2,9 +2,13 @@
 
 A token reads ``pf_<id>_<secret>``. The id is public (it is what ``token list`` shows and what
 ``token revoke`` takes); the secret never leaves ``token create``. Redis holds, in the hash
-``stream.TOKENS_KEY``, one field per id with ``{sha256, name, scope, created_at, revoked}``.
+``stream.TOKENS_KEY``, one field per id with ``{sha256, name, scope, created_at, revoked}``
+(and ``server_id`` for a host token).
 Tokens live in Redis rather than PostgreSQL so that ingest keeps working while the database is
-down. The gateway keeps them in memory (``TokenCache``), refreshed every few seconds, so a
+down. Scopes: ``read`` queries the API; ``ingest`` writes reports of any host (fleet-wide);
+``enroll`` only obtains host tokens (``POST /v1/enroll``); ``host`` writes reports of its own
+``server_id`` only and is made by enrollment alone (``ingest_gateway/enrollment.py``).
+The gateway keeps them in memory (``TokenCache``), refreshed every few seconds, so a
 request costs no Redis round trip; a revocation takes effect within one refresh.
 """
 
@@ -28,7 +32,10 @@ from ingest_gateway.errors import Forbidden, Unauthorized, Unavailable
 
 log = logging.getLogger(__name__)
 
-SCOPES: Final = ("ingest", "read")
+SCOPES: Final = ("ingest", "read", "enroll", "host")
+# What `procfleet token create` may make: host tokens come from enrollment only.
+CREATABLE_SCOPES: Final = ("ingest", "read", "enroll")
+HOST_SCOPE: Final = "host"
 TOKEN_PREFIX: Final = "pf"
 TOKEN_ID_BYTES: Final = 6
 TOKEN_SECRET_BYTES: Final = 32
@@ -45,10 +52,13 @@ class TokenRecord:
     scope: str
     created_at: float
     revoked: bool = False
+    server_id: str | None = None  # the one server a host token may write
 
     def to_json(self) -> bytes:
         doc = asdict(self)
         del doc["token_id"]  # it is the hash field name
+        if doc["server_id"] is None:
+            del doc["server_id"]
         return orjson.dumps(doc)
 
     @classmethod
@@ -56,7 +66,7 @@ class TokenRecord:
         doc = orjson.loads(raw)
         return cls(token_id=token_id, sha256=doc["sha256"], name=doc.get("name", ""),
                    scope=doc["scope"], created_at=float(doc.get("created_at", 0)),
-                   revoked=bool(doc.get("revoked", False)))
+                   revoked=bool(doc.get("revoked", False)), server_id=doc.get("server_id"))
 
 
 def hash_token(token: str) -> str:
@@ -77,14 +87,20 @@ class TokenStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def create(self, scope: str, name: str = "") -> tuple[TokenRecord, str]:
-        """A new token: its record and the token text (shown once, never stored)."""
+    async def create(self, scope: str, name: str = "", *,
+                     server_id: str | None = None) -> tuple[TokenRecord, str]:
+        """A new token: its record and the token text (shown once, never stored). A host
+        token needs the ``server_id`` it is bound to; no other scope takes one."""
         if scope not in SCOPES:
             raise ConfigError("scope", scope, f"choose one of {SCOPES}")
+        if (scope == HOST_SCOPE) != (server_id is not None):
+            raise ConfigError("server_id", server_id, f"does not fit scope {scope!r}: only a "
+                              f"host token is bound to a server")
         while True:
             token_id = secrets.token_hex(TOKEN_ID_BYTES)
             token = f"{TOKEN_PREFIX}_{token_id}_{secrets.token_urlsafe(TOKEN_SECRET_BYTES)}"
-            record = TokenRecord(token_id, hash_token(token), name, scope, time.time())
+            record = TokenRecord(token_id, hash_token(token), name, scope, time.time(),
+                                 server_id=server_id)
             if await self.redis.hsetnx(stream.TOKENS_KEY, token_id, record.to_json()):
                 return record, token
 
@@ -136,8 +152,13 @@ class TokenCache:
         self._loaded = True
         self._last_refresh = self._clock()
 
-    async def authenticate(self, header: str | None, scope: str, retry_after_s: int) -> TokenRecord:
-        """The record of the bearer token in ``header`` if it grants ``scope``.
+    def add(self, record: TokenRecord) -> None:
+        """Know a token this gateway just created (an enrolled host's) before the next refresh."""
+        self._records = {**self._records, record.token_id: record}
+
+    async def authenticate(self, header: str | None, scope: str | tuple[str, ...],
+                           retry_after_s: int) -> TokenRecord:
+        """The record of the bearer token in ``header`` if it grants ``scope`` (or one of them).
 
         401 for a missing, malformed, unknown or revoked token; 403 for a wrong scope; 503 when
         the token is unknown and Redis cannot be asked."""
@@ -166,7 +187,9 @@ class TokenCache:
             raise Unauthorized("invalid token", kind="bad_token")
         if record.revoked:
             raise Unauthorized("token revoked", kind="revoked")
-        if record.scope != scope:
+        scopes = (scope,) if isinstance(scope, str) else scope
+        if record.scope not in scopes:
+            needs = " or ".join(repr(s) for s in scopes)
             raise Forbidden("Authorization", f"token scope {record.scope!r} does not allow this "
-                            f"route (needs {scope!r})", kind="scope")
+                            f"route (needs {needs})", kind="scope")
         return record
