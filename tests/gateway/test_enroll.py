@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import orjson
 import pytest
 
+from agent.contract import Report
+from agent.enroll import EnrollingSender, HostTokenFile
+from agent.report import new_report_id
+from agent.sender import Sender, gzip_body
 from ingest_gateway import stream
 from ingest_gateway.app_state import STATE
 from ingest_gateway.auth import TokenStore, hash_token
@@ -166,3 +171,28 @@ async def test_malformed_enroll_json_is_400(gateway, redis, enroll_token):
     assert response.status == 400
     assert (await response.json())["error"]["field"] == "body"
     assert await redis.hlen(stream.HOSTS_KEY) == 0
+
+
+async def test_the_agent_enrolls_with_the_real_gateway_once_and_its_reports_land(
+        gateway, redis, enroll_token, tmp_path):
+    url = str(gateway.client.make_url("/")).rstrip("/")
+
+    def report() -> bytes:
+        doc = report_doc(server_id="agent-host", report_id=new_report_id())
+        return gzip_body(Report.model_validate_json(orjson.dumps(doc)).model_dump_json().encode())
+
+    async with httpx.AsyncClient() as http:
+        def agent_sender() -> EnrollingSender:  # a fresh one per agent start
+            return EnrollingSender(lambda path, token: Sender(http, url, token, path=path),
+                                   enroll_token, server_id="agent-host",
+                                   hostname="agent-host.lan", token_file=HostTokenFile(tmp_path))
+
+        first = await agent_sender().send_gzip(report())
+        after_restart = await agent_sender().send_gzip(report())
+
+    assert first.status == after_restart.status == 202
+    assert await redis.hlen(stream.HOSTS_KEY) == 1
+    stored = HostTokenFile(tmp_path).read()
+    record = orjson.loads(await redis.hget(stream.TOKENS_KEY, stored.token.split("_", 2)[1]))
+    assert (record["scope"], record["server_id"]) == ("host", "agent-host")
+    assert await total_messages(redis, 4) == 2 * (1 + 1 + 3)  # host + group + 3 processes
