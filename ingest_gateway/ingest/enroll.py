@@ -31,7 +31,9 @@ class EnrollBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     server_id: Identifier
-    hostname: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    # Shown by `procfleet token list` in a terminal: no control characters (escape sequences).
+    hostname: Annotated[str, StringConstraints(min_length=1, max_length=253,
+                                               pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 async def post_enroll(request: web.Request) -> web.Response:

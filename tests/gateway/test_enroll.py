@@ -154,6 +154,7 @@ async def test_each_scope_does_only_its_job(gateway, redis, enroll_token):
     ({"server_id": "web-01"}, 422, "hostname"),
     ({"server_id": "web-01", "hostname": "web", "admin": True}, 422, "admin"),
     ({"server_id": 7, "hostname": "web"}, 422, "server_id"),
+    ({"server_id": "web-01", "hostname": "web\x1b]0;owned\x07"}, 422, "hostname"),
 ])
 async def test_bad_enroll_body_names_the_field_and_enrolls_nothing(gateway, redis, enroll_token,
                                                                     doc, status, field):
