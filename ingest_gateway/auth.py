@@ -154,7 +154,7 @@ class TokenCache:
 
     def add(self, record: TokenRecord) -> None:
         """Know a token this gateway just created (an enrolled host's) before the next refresh."""
-        self._records = {**self._records, record.token_id: record}
+        self._records[record.token_id] = record
 
     async def authenticate(self, header: str | None, scope: str | tuple[str, ...],
                            retry_after_s: int) -> TokenRecord:
