@@ -58,16 +58,18 @@ class HostTokenFile:
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
             stored = HostToken(server_id=doc["server_id"], token=doc["token"])
+            if not (isinstance(stored.server_id, str) and isinstance(stored.token, str)):
+                raise TypeError("server_id and token must be strings")
+            if os.name != "nt" and self.path.stat().st_mode & 0o077:
+                os.chmod(self.path, FILE_MODE)  # e.g. a copy restored with looser modes
+                log.warning("host token file was readable by others: mode set to 0600",
+                            extra={"kv": {"path": str(self.path)}})
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("host token file unreadable, enrolling again",
                         extra={"kv": {"path": str(self.path), "error": type(exc).__name__}})
             return None
-        if os.name != "nt" and self.path.stat().st_mode & 0o077:
-            os.chmod(self.path, FILE_MODE)  # a copy restored with looser modes
-            log.warning("host token file was readable by others: mode set to 0600",
-                        extra={"kv": {"path": str(self.path)}})
         return stored
 
     def write(self, host_token: HostToken) -> None:
@@ -76,7 +78,9 @@ class HostTokenFile:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = directory / f"{TEMP_PREFIX}{HOST_TOKEN_FILE}-{os.getpid()}"
         data = json.dumps({"server_id": host_token.server_id, "token": host_token.token})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        # No symlink followed: the temp file is ours, created here.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0),
+                     FILE_MODE)
         try:
             if hasattr(os, "fchmod"):
                 os.fchmod(fd, FILE_MODE)  # whatever the umask or an older temp file had

@@ -133,6 +133,18 @@ async def test_a_loosened_token_file_is_set_back_to_0600_when_read(tmp_path):
     assert stat.S_IMODE(token_file.path.stat().st_mode) == 0o600
 
 
+@pytest.mark.parametrize("content", ["", "{", '{"server_id": "web-01"}',
+                                     '{"server_id": "web-01", "token": 7}'])
+async def test_an_unreadable_token_file_means_enrolling_again(peer, tmp_path, content):
+    gateway, http = peer
+    (tmp_path / HOST_TOKEN_FILE).write_text(content)
+
+    await enrolling_sender(http, tmp_path).send_gzip(report_body())
+
+    assert gateway.enroll_calls == 1
+    assert HostTokenFile(tmp_path).read() == HostToken("web-01", gateway.enrolled["web-01"])
+
+
 async def test_enrollment_is_retried_like_a_send_when_the_gateway_is_down(peer, tmp_path):
     gateway, http = peer
     gateway.down_for = 2
