@@ -115,6 +115,9 @@ def test_host_list_and_reset_revoke_the_bound_token(sync_redis, capsys):
     assert procfleet("host", "list", "--json") == 0
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
         {"server_id": "web-01", "token_id": token_id}]
+    assert procfleet("token", "list") == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if token_id in line]
+    assert row.split()[1] == "host" and row.endswith("web-01.lan  server_id=web-01")
 
     assert procfleet("host", "reset", "web-01") == 0
     assert f"host token {token_id} revoked" in capsys.readouterr().err
