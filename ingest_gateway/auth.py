@@ -10,6 +10,13 @@ down. Scopes: ``read`` queries the API; ``ingest`` writes reports of any host (f
 ``server_id`` only and is made by enrollment alone (``ingest_gateway/enrollment.py``).
 The gateway keeps them in memory (``TokenCache``), refreshed every few seconds, so a
 request costs no Redis round trip; a revocation takes effect within one refresh.
+
+With one host token per enrolled host the hash grows with the fleet: re-reading it costs ~0.1 s
+at 10,000 tokens and ~1 s at 100,000, every refresh, in the event loop (docs/BENCHMARKS.md,
+"Token refresh"), while checking a version counter costs ~0.1 ms. So every change
+bumps ``stream.TOKENS_VERSION_KEY`` after writing, and a refresh reads the hash only when that
+counter moved, or once every ``FULL_RELOAD_INTERVAL_S`` whatever it says (a writer that does not
+bump it — an older ``procfleet``, a hand edit — is seen within that bound).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ TOKEN_PREFIX: Final = "pf"
 TOKEN_ID_BYTES: Final = 6
 TOKEN_SECRET_BYTES: Final = 32
 MIN_MISS_REFRESH_INTERVAL_S: Final = 1.0  # unknown ids cannot make us hammer Redis
+FULL_RELOAD_INTERVAL_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,22 @@ class TokenStore:
             record = TokenRecord(token_id, hash_token(token), name, scope, time.time(),
                                  server_id=server_id)
             if await self.redis.hsetnx(stream.TOKENS_KEY, token_id, record.to_json()):
+                await self._changed()
                 return record, token
+
+    async def _changed(self) -> None:
+        # After the write: a refresh that read the old version re-reads on its next turn.
+        await self.redis.incr(stream.TOKENS_VERSION_KEY)
+
+    async def version(self) -> int | None:
+        """The change counter of the tokens (None before the first change)."""
+        raw = await self.redis.get(stream.TOKENS_VERSION_KEY)
+        return None if raw is None else int(raw)
+
+    async def delete(self, token_id: str) -> None:
+        """Remove a record outright (enrollment's undo of a token nobody was given)."""
+        await self.redis.hdel(stream.TOKENS_KEY, token_id)
+        await self._changed()
 
     async def load(self) -> dict[str, TokenRecord]:
         raw = await self.redis.hgetall(stream.TOKENS_KEY)
@@ -134,6 +157,7 @@ class TokenStore:
         record = TokenRecord.from_json(token_id, raw)
         revoked = TokenRecord(**{**asdict(record), "revoked": True})
         await self.redis.hset(stream.TOKENS_KEY, token_id, revoked.to_json())
+        await self._changed()
         return revoked
 
 
@@ -146,11 +170,21 @@ class TokenCache:
         self._loaded = False
         self._clock = clock
         self._last_refresh = float("-inf")
+        self._last_load = float("-inf")
+        self._version: int | None = None
+        self.loads = 0  # full reads of the hash (tests and the refresh cost)
 
     async def refresh(self) -> None:
-        self._records = await self.store.load()
-        self._loaded = True
-        self._last_refresh = self._clock()
+        """Re-read the tokens if they changed (or the full-reload interval passed)."""
+        version = await self.store.version()
+        now = self._clock()
+        if (not self._loaded or version is None or version != self._version
+                or now - self._last_load >= FULL_RELOAD_INTERVAL_S):
+            self._records = await self.store.load()
+            self._version, self._last_load = version, now
+            self._loaded = True
+            self.loads += 1
+        self._last_refresh = now
 
     def add(self, record: TokenRecord) -> None:
         """Know a token this gateway just created (an enrolled host's) before the next refresh."""

@@ -52,7 +52,7 @@ class HostEnrollment:
         record, token = await self.store.create(HOST_SCOPE, hostname, server_id=server_id)
         if not await self.redis.hsetnx(stream.HOSTS_KEY, server_id, record.token_id):
             # Someone enrolled this server first: the record we just wrote is nobody's.
-            await self.redis.hdel(stream.TOKENS_KEY, record.token_id)
+            await self.store.delete(record.token_id)
             holder = _text(await self.redis.hget(stream.HOSTS_KEY, server_id)) or "?"
             raise AlreadyEnrolled(server_id, holder)
         log.info("host enrolled", extra={"kv": {"server_id": server_id,
