@@ -23,11 +23,12 @@ from ansible_harness import (
     FleetPeer,
     build_release_archive,
     build_wheel,
-    free_port,
     run_playbook,
     scratch_dir,
     user_exists,
 )
+
+from procfleet.embedded import free_port
 
 
 def _host_vars(
