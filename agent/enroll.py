@@ -168,7 +168,13 @@ class EnrollingSender:
         stored = self.token_file.read()
         if stored is None or stored.server_id != self.server_id:
             stored = HostToken(self.server_id, await self.enroll())
-            self.token_file.write(stored)
+            try:
+                self.token_file.write(stored)
+            except OSError as exc:
+                # The token is ours now: use it for this run rather than lose the reports.
+                log.error("host token not stored: it is used until the agent stops; after a "
+                          "restart this host needs `procfleet host reset` to enroll again",
+                          extra={"kv": {"path": str(self.token_file.path), "error": str(exc)}})
         self._sender = self._make_sender(REPORTS_PATH, stored.token)
         return self._sender
 

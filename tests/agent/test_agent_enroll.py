@@ -145,6 +145,20 @@ async def test_an_unreadable_token_file_means_enrolling_again(peer, tmp_path, co
     assert HostTokenFile(tmp_path).read() == HostToken("web-01", gateway.enrolled["web-01"])
 
 
+async def test_a_token_that_cannot_be_stored_is_still_used_for_this_run(peer, tmp_path, caplog):
+    gateway, http = peer
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    sender = enrolling_sender(http, not_a_directory)
+
+    with caplog.at_level(logging.ERROR):
+        await sender.send_gzip(report_body(n=1))
+        await sender.send_gzip(report_body(n=2))
+
+    assert gateway.enroll_calls == 1 and len(gateway.reports) == 2
+    assert "host token not stored" in caplog.text
+
+
 async def test_enrollment_is_retried_like_a_send_when_the_gateway_is_down(peer, tmp_path):
     gateway, http = peer
     gateway.down_for = 2
