@@ -3,8 +3,10 @@ by the one settings loader (``agent.settings_loader``).
 
 ``load_settings(path, environ)`` is the only place the agent reads its configuration; the
 result (``AgentSettings``) is passed to everything else. Unknown keys in the file are an error
-(a typo must not silently fall back to a default). The token is a ``Secret``: it never shows
-in a repr, a log line, an error or ``describe()``.
+(a typo must not silently fall back to a default). The tokens are ``Secret``s: they never show
+in a repr, a log line, an error or ``describe()``. ``token`` is a fleet-wide ingest token;
+``enroll_token`` makes the agent enroll once and use its own host token instead
+(``agent/enroll.py``), and wins when both are set.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class AgentSettings(Settings):
     gateway_url: str | None = setting(
         None, "PROCFLEET_GATEWAY_URL", url("http", "https", strip_slash=True))
     token: Secret | None = setting(None, "PROCFLEET_TOKEN", SECRET)
+    # Set: enroll once, then use the host token stored in the spool directory.
+    enroll_token: Secret | None = setting(None, "PROCFLEET_ENROLL_TOKEN", SECRET)
     server_id: str | None = setting(  # None: detected (machine-id / MachineGuid)
         None, "PROCFLEET_SERVER_ID",
         text(pattern=SERVER_ID_PATTERN, reason="1-128 characters of A-Z a-z 0-9 . _ : @ -",
@@ -109,8 +113,10 @@ class AgentSettings(Settings):
         """Raise ``ConfigError`` unless these settings can deliver reports (--dry-run needn't)."""
         if not self.gateway_url:
             raise ConfigError("gateway_url", self.gateway_url, "required to send reports")
-        if self.token is None or not self.token.get_secret_value():
-            raise ConfigError("token", "<unset>", "required to send reports")
+        if not any(t is not None and t.get_secret_value() for t in (self.token,
+                                                                    self.enroll_token)):
+            raise ConfigError("token", "<unset>", "required to send reports (or enroll_token, "
+                              "to enroll this host and use its own host token)")
         if self.spool_dir is None:
             raise ConfigError("spool_dir", None, "required to send reports")
         if self.insecure_http and not self.allow_insecure_http:

@@ -5,7 +5,9 @@
     ├── ParseError           a ps / tasklist / exposition text cannot be read at all
     ├── CollectError         a collector could not produce data (exporter down, command failed)
     └── DeliveryError        a report could not be handed to the gateway
-        └── ReportRejected   the gateway answered a 4xx that retrying cannot fix
+        ├── ReportRejected   the gateway answered a 4xx that retrying cannot fix
+        └── EnrollError      the host has no host token yet (reports are spooled meanwhile)
+            └── HostAlreadyEnrolled   409: the server_id has a host token; an operator resets it
 
 The gateway and the workers add their own subclasses of ``ProcfleetError``.
 """
@@ -43,3 +45,19 @@ class ReportRejected(DeliveryError):
     def __init__(self, status: int, body: str) -> None:
         self.status, self.body = status, body
         super().__init__(f"gateway rejected report: HTTP {status}: {body[:500]}")
+
+
+class EnrollError(DeliveryError):
+    """The agent could not obtain its host token; its reports wait in the spool."""
+
+
+class HostAlreadyEnrolled(EnrollError):
+    """The gateway already holds a host token for ``server_id`` (409)."""
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        super().__init__(
+            f"server_id {server_id!r} is already enrolled with the gateway and this host has no "
+            f"host token for it: an operator must run `procfleet host reset {server_id}` "
+            f"(if this machine is meant to be {server_id}); the agent enrolls again by itself "
+            f"at its next tick and keeps its reports in the spool meanwhile")

@@ -24,10 +24,11 @@ import httpx
 from prometheus_client import Counter
 
 from agent.config import AgentSettings
+from agent.enroll import EnrollingSender, HostTokenFile
 from agent.errors import ConfigError, DeliveryError, ReportRejected
 from agent.report import build_report, host_of, make_scrubber
 from agent.rows import Host, Report
-from agent.sender import Sender, build_client, gzip_body
+from agent.sender import REPORTS_PATH, Sender, build_client, gzip_body
 from agent.spool import REPORTS_DROPPED, Spool, SpoolError, check_writable
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Agent:
         settings: AgentSettings,
         *,
         build: Callable[[], Awaitable[Report]],
-        sender: Sender,
+        sender: Sender | EnrollingSender,
         spool: Spool,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -302,7 +303,7 @@ def _install_signal_handlers(agent: Agent) -> None:
 async def run_agent(settings: AgentSettings, *, once: bool = False) -> AgentStats:
     """Run the agent with real collectors, HTTP client and spool until SIGTERM (or once)."""
     settings.require_delivery()
-    assert settings.gateway_url and settings.spool_dir and settings.token  # checked just above
+    assert settings.gateway_url and settings.spool_dir  # checked just above
     spool = Spool(settings.spool_dir, settings.spool_max_bytes)
     if settings.metrics_port:
         from prometheus_client import start_http_server
@@ -320,12 +321,21 @@ async def run_agent(settings: AgentSettings, *, once: bool = False) -> AgentStat
                     "anyone on the way can read and reuse the token", extra={"kv": {
                         "gateway_url": settings.gateway_url, "allow_insecure_http": True}})
     async with _client(settings) as http:
-        sender = Sender(
-            http,
-            settings.gateway_url,
-            settings.token.get_secret_value(),
-            retry_budget_s=min(MAX_RETRY_BUDGET_S, settings.interval_s / 2),
-        )
+        gateway_url = settings.gateway_url
+
+        def make_sender(path: str, token: str) -> Sender:
+            return Sender(http, gateway_url, token, path=path,
+                          retry_budget_s=min(MAX_RETRY_BUDGET_S, settings.interval_s / 2))
+
+        sender: Sender | EnrollingSender
+        if settings.enroll_token is not None:
+            # Enrollment wins over a shared ingest token: this host writes only its own data.
+            sender = EnrollingSender(make_sender, settings.enroll_token.get_secret_value(),
+                                     server_id=host.server_id, hostname=host.hostname,
+                                     token_file=HostTokenFile(settings.spool_dir))
+        else:
+            assert settings.token is not None  # require_delivery: one of the two is set
+            sender = make_sender(REPORTS_PATH, settings.token.get_secret_value())
 
         def build() -> Awaitable[Report]:
             return build_report(settings, http=http, scrubber=scrubber, host=host)

@@ -75,6 +75,7 @@ class SendResult:
     status: int
     duplicate: bool
     attempts: int
+    body: bytes = b""  # the gateway's answer (enrollment reads its token from it)
 
 
 def gzip_body(report_json: bytes) -> bytes:
@@ -142,6 +143,7 @@ class Sender:
         url: str,
         token: str,
         *,
+        path: str = REPORTS_PATH,
         max_attempts: int = 5,
         retry_budget_s: float = 30.0,
         backoff_base_s: float = 0.5,
@@ -150,7 +152,7 @@ class Sender:
         rng: random.Random | None = None,
     ) -> None:
         self._client = client
-        self._url = url.rstrip("/") + REPORTS_PATH
+        self._url = url.rstrip("/") + path
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
@@ -177,11 +179,11 @@ class Sender:
         ``DeliveryError`` (the gateway cannot take it now: spool it)."""
         started = time.monotonic()
         try:
-            status, duplicate = await self._attempt(body, report_id)
+            status, duplicate, answer = await self._attempt(body, report_id)
         except _Retryable as first:
             return await self._retry(body, report_id, max_attempts or self.max_attempts,
                                      first, started)
-        return SendResult(status, duplicate, 1)
+        return SendResult(status, duplicate, 1, answer)
 
     async def _retry(
         self, body: bytes, report_id: str, attempts: int, first: _Retryable, started: float
@@ -193,7 +195,7 @@ class Sender:
 
         pending = [first]
 
-        async def attempt_once() -> tuple[int, bool]:
+        async def attempt_once() -> tuple[int, bool, bytes]:
             if pending:
                 raise pending.pop()
             return await self._attempt(body, report_id)
@@ -213,8 +215,9 @@ class Sender:
         try:
             async for attempt in retrying:
                 with attempt:
-                    status, duplicate = await attempt_once()
-                    return SendResult(status, duplicate, attempt.retry_state.attempt_number)
+                    status, duplicate, answer = await attempt_once()
+                    return SendResult(status, duplicate, attempt.retry_state.attempt_number,
+                                      answer)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             raise DeliveryError(
@@ -223,7 +226,7 @@ class Sender:
             ) from last
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, body: bytes, report_id: str) -> tuple[int, bool]:
+    async def _attempt(self, body: bytes, report_id: str) -> tuple[int, bool, bytes]:
         try:
             response = await self._client.post(self._url, content=body, headers=self._headers)
         except httpx.RequestError as exc:  # transport and decoding trouble: worth a retry
@@ -233,7 +236,7 @@ class Sender:
         if status in (200, 201, 202):
             duplicate = status == 200 and _json_flag(response, "duplicate")
             SEND_ATTEMPTS.labels("duplicate" if duplicate else "accepted").inc()
-            return status, duplicate
+            return status, duplicate, response.content
         if status in (408, 429) or status >= 500:
             SEND_ATTEMPTS.labels("retryable").inc()
             raise _Retryable(

@@ -4,11 +4,16 @@ A decoded message is ``(kind, row)`` with ``row`` in the order of ``stream.COLUM
 The sample tables keep that column order (migrations/0001) and the worker's connections take
 timestamps as the stream carries them (digest_worker/timestamps.py), so a message *is* its
 table row: the only change is the start-time sentinel of a process without one.
+
+A server's sighting (first/last seen, metadata time) never moves past this worker's clock: a
+host whose clock runs ahead (the gateway allows ``max_future_s`` of skew) must not keep its
+``last_seen_at`` in the future, where it would never show stale. The samples keep their ``ts``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,9 +73,12 @@ class TableRows:
         return rows
 
 
-def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
+def build_rows(messages: list[tuple[str, Sequence[Any]]], *,
+               clock: Callable[[], float] = time.time) -> TableRows:
     """Table rows of decoded ``messages``. Raises ``TypeError`` on a value that cannot be a
-    row here; the database rejects the others (the writer isolates the message either way)."""
+    row here; the database rejects the others (the writer isolates the message either way).
+    Sighting times are clamped to ``clock()`` (epoch seconds)."""
+    now_s = clock()
     out = TableRows()
     tables = out.tables
     by_kind = {kind: tables[table] for kind, table in TABLE_OF_KIND.items()}
@@ -80,6 +88,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
         server_id, ts = row[0], row[1]
         if type(ts) is not float and type(ts) is not int:
             raise TypeError(f"ts must be epoch seconds, got {ts!r}")
+        seen_s = ts if ts <= now_s else now_s
         if kind == "h":
             out.host_messages += 1
         elif kind == "p" and row[_P_START] is None:
@@ -92,14 +101,14 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
             if seen is None:
                 if type(server_id) is not str:
                     raise TypeError(f"server_id must be a string, got {server_id!r}")
-                seen = servers[server_id] = ServerSighting(ts, ts)
+                seen = servers[server_id] = ServerSighting(seen_s, seen_s)
             last_server = server_id
-        if ts > seen.last_seen_at:
-            seen.last_seen_at = ts
-        elif ts < seen.first_seen_at:
-            seen.first_seen_at = ts
-        if kind == "h" and (seen.metadata_at is None or ts >= seen.metadata_at):
+        if seen_s > seen.last_seen_at:
+            seen.last_seen_at = seen_s
+        elif seen_s < seen.first_seen_at:
+            seen.first_seen_at = seen_s
+        if kind == "h" and (seen.metadata_at is None or seen_s >= seen.metadata_at):
             report_id, hostname, os_type, os_version, boot_id, agent_version = row[2:]
             seen.metadata = (hostname, os_type, os_version, boot_id, agent_version, report_id)
-            seen.metadata_at = ts
+            seen.metadata_at = seen_s
     return out

@@ -14,6 +14,7 @@ The HTTP plumbing both paths share sits at this level:
     middleware.py  the error/metrics middleware and the access log line
     guards.py      token and scope checks, rate limits, for every route
     auth.py        bearer tokens with scopes (hashes in Redis)
+    enrollment.py  host enrollment: one host token per server_id (``/v1/enroll``, ``host reset``)
     ratelimit.py   per-token token buckets
     errors.py      the gateway's error tree and its JSON body
     metrics.py     ``procfleet_gateway_*`` metrics

@@ -1,11 +1,12 @@
 """The gateway's aiohttp application: ``create_app`` builds it (``server.serve`` runs it).
 
 Route families register themselves with a ``setup(app)`` function, each listed once in
-``ROUTE_FAMILIES``: ingest (``ingest/routes.py``), the query API and the dashboard
-(``query/routes.py``), the MCP tools (``query/mcp/route.py``), operations (``routes_ops``)
-and the OpenAPI document (``openapi``). A new family is added to that tuple (tests may pass
-more with ``extra_routes``). A ``setup`` may add its own ``cleanup_ctx`` (e.g. a PostgreSQL
-pool), guard its routes with ``guards.require_scope(request, "read")`` and document them in
+``ROUTE_FAMILIES``: ingest (``ingest/routes.py``), host enrollment (``ingest/enroll.py``), the
+query API and the dashboard (``query/routes.py``), the MCP tools (``query/mcp/route.py``),
+operations (``routes_ops``) and the OpenAPI document (``openapi``). A new family is added to
+that tuple (tests may pass more with ``extra_routes``). A ``setup`` may add its own
+``cleanup_ctx`` (e.g. a PostgreSQL pool), guard its routes with
+``guards.require_scope(request, "read")`` and document them in
 ``app[OPENAPI_PATHS]``.
 """
 
@@ -23,6 +24,7 @@ from agent.errors import ProcfleetError
 from ingest_gateway import openapi, routes_ops
 from ingest_gateway.app_state import METRICS, OPENAPI_PATHS, SETTINGS, STATE, GatewayState
 from ingest_gateway.auth import TokenCache, TokenStore
+from ingest_gateway.ingest import enroll as enroll_routes
 from ingest_gateway.ingest import routes as ingest_routes
 from ingest_gateway.ingest.backpressure import BacklogMonitor, sleep_unless_stopping
 from ingest_gateway.ingest.cluster import ClusterRouter, is_cluster
@@ -44,7 +46,8 @@ RouteSetup = Callable[[web.Application], None]
 # Every route family of the gateway, registered in this order. Listed, not discovered: a
 # renamed module fails at import instead of silently dropping its routes.
 ROUTE_FAMILIES: tuple[RouteSetup, ...] = (
-    ingest_routes.setup, query_routes.setup, query_mcp.setup, routes_ops.setup, openapi.setup)
+    ingest_routes.setup, enroll_routes.setup, query_routes.setup, query_mcp.setup,
+    routes_ops.setup, openapi.setup)
 
 
 async def _wait_for_redis(redis: Redis, settings: GatewaySettings) -> None:

@@ -7,7 +7,9 @@ person can act on and a short ``kind`` used as the ``reason`` label of the rejec
     └── GatewayError                 {"error": {"status", "field", "reason"}}
         ├── BadRequest          400  malformed JSON, invalid UTF-8, broken gzip
         ├── Unauthorized        401  missing / unknown / revoked token
-        ├── Forbidden           403  token without the scope of the route
+        ├── Forbidden           403  token without the scope of the route, or a host token
+        │                            writing another server
+        ├── Conflict            409  a server_id that is already enrolled
         ├── PayloadTooLarge     413  body (or inflated body) over the limit
         ├── RequestTimeout      408  body not received within body_timeout_s (connection closed)
         ├── UnsupportedMedia    415  content type or encoding we do not read
@@ -76,6 +78,10 @@ class Unauthorized(GatewayError):
 
 class Forbidden(GatewayError):
     status = 403
+
+
+class Conflict(GatewayError):
+    status = 409
 
 
 class PayloadTooLarge(GatewayError):

@@ -9,8 +9,9 @@ from ingest_gateway.auth import TokenRecord
 from ingest_gateway.errors import RateLimited, Unauthorized
 
 
-async def require_scope(request: web.Request, scope: str) -> TokenRecord:
-    """The caller's token if it grants ``scope`` and is within its rate; else 401/403/429.
+async def require_scope(request: web.Request, scope: str | tuple[str, ...]) -> TokenRecord:
+    """The caller's token if it grants ``scope`` (or one of several) and is within its rate;
+    else 401/403/429.
 
     A source address that spent its burst of failed token attempts (401s) gets 429 before its
     token is looked at, until its bucket refills (``auth_failures_per_s``). The token id (never

@@ -94,6 +94,10 @@ def report_seen_key(report_id: str) -> str:
 
 
 TOKENS_KEY: Final = f"{KEY_PREFIX}tokens"
+# Bumped (INCR) after every change of TOKENS_KEY: a gateway re-reads the tokens only when it moved.
+TOKENS_VERSION_KEY: Final = f"{KEY_PREFIX}tokens:version"
+# Hash server_id -> id of the one host token enrolled for it (ingest_gateway/enrollment.py).
+HOSTS_KEY: Final = f"{KEY_PREFIX}hosts"
 SHARDS_KEY: Final = f"{KEY_PREFIX}shards"
 # Written by the gateway only: the write its group-commit WAITAOF waits on (workers ignore it).
 AOF_BARRIER_KEY: Final = f"{KEY_PREFIX}aof_barrier"

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("worker", "run digest workers"),
     "migrate": ("migrate", "apply pending database migrations"),
     "token": ("token", "create, list and revoke API tokens"),
+    "host": ("host", "list enrolled hosts, reset a host's enrollment"),
     "parse": ("parse", "parse a saved ps / tasklist output into JSON"),
     "top": ("top", "show the top processes from the API"),
     "mcp": ("mcp", "serve the MCP tools over stdio for LLM clients"),

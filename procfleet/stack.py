@@ -2,7 +2,7 @@
 
 Servers: the ones named by ``REDIS_URL`` / ``DATABASE_URL``, or embedded Valkey (AOF on) and
 PostgreSQL from pip wheels, with their data under one directory so the next ``up`` resumes.
-Then migrations, two tokens (ingest for the local agent, read for people), and the three
+Then migrations, two tokens (enroll for the local agent, read for people), and the three
 programs as child processes — gateway, workers, agent — each logging to ``<data>/logs``.
 Stopping (Ctrl-C / SIGTERM) goes downstream-last: agent, gateway, workers, then servers, so
 whatever the gateway acknowledged is drained or kept in Redis for the next start. Killed with
@@ -197,7 +197,7 @@ class Stack:
             known = await store.load()
             state = self._state()
             tokens = state.get("tokens", {})
-            for scope in ("ingest", "read"):
+            for scope in ("enroll", "read"):
                 token = tokens.get(scope)
                 # The store is keyed by the token's public id; the secret must match too.
                 record = known.get(split_token(token) or "") if token else None
@@ -228,7 +228,8 @@ class Stack:
             agent_env = {
                 **base_env,
                 "PROCFLEET_GATEWAY_URL": f"http://127.0.0.1:{opts.port}",
-                "PROCFLEET_TOKEN": self.tokens["ingest"],
+                # The agent enrolls and writes only this host's data (no fleet-wide token).
+                "PROCFLEET_ENROLL_TOKEN": self.tokens["enroll"],
                 "PROCFLEET_SPOOL_DIR": str(opts.data_dir / "spool"),
                 "PROCFLEET_INTERVAL_S": str(opts.agent_interval_s),
                 "PROCFLEET_SPLAY_S": "0",

@@ -1,6 +1,8 @@
 """The write path: a report in, one stream message per process out, in the order data flows.
 
-    routes.py           ``POST /v1/reports`` and ``POST /v1/commands`` (``ingest`` scope)
+    enroll.py           ``POST /v1/enroll``: an ``enroll`` token buys one host token
+    routes.py           ``POST /v1/reports`` and ``POST /v1/commands`` (``ingest`` or ``host``
+                        scope; a host token writes its own server only)
     body.py             a bounded, safely inflated request body
     commands_format.py  the raw ps / tasklist format of ``/v1/commands``
     fast_contract.py    the report contract compiled to msgspec (pydantic decides the rest)

@@ -1,8 +1,12 @@
 """Ingest routes: ``POST /v1/reports`` and ``POST /v1/commands``.
 
 Both run the same steps, cheapest refusal first:
-token + rate (401/403/429) → body (415/413/400) → contract (422) → clock checks (422)
-→ backlog of the shard (503) → dedupe + enqueue (200 duplicate / 202 / 503).
+token + rate (401/403/429) → body (415/413/400) → contract (422) → a host token writing
+another server (403) → clock checks (422) → backlog of the shard (503) → dedupe + enqueue
+(200 duplicate / 202 / 503).
+
+An ``ingest`` token writes any server (fleet-wide); a ``host`` token (from ``/v1/enroll``)
+writes only the ``server_id`` it is bound to.
 A 2xx is sent only once every message of the report is in Redis.
 
 A report is checked against the contract by the fast path first (``fast_contract``: msgspec
@@ -21,7 +25,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from ingest_gateway.app_state import LOG_KV, METRICS, OPENAPI_PATHS, SETTINGS, STATE
-from ingest_gateway.errors import Unprocessable, json_response
+from ingest_gateway.auth import HOST_SCOPE, TokenRecord
+from ingest_gateway.errors import Forbidden, Unprocessable, json_response
 from ingest_gateway.guards import require_scope
 from ingest_gateway.ingest.body import read_body, validation_error
 from ingest_gateway.ingest.commands_format import CommandsBody, to_report
@@ -30,6 +35,7 @@ from ingest_gateway.ingest.messages import report_messages
 from ingest_gateway.settings import GatewaySettings
 
 INGEST_SCOPE = "ingest"
+WRITE_SCOPES = (INGEST_SCOPE, HOST_SCOPE)
 SECONDS_PER_DAY = 86_400
 INLINE_PARSE_MAX_CHARS = 256 * 1024  # ~3,000 ps lines, a few ms; bigger outputs use a thread
 
@@ -48,13 +54,21 @@ def check_timestamp(value_s: float, field: str, settings: GatewaySettings, now_s
                             kind="too_old", value=value_s)
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.Request) -> tuple[TokenRecord, bytes]:
     """Token + rate, then the body."""
-    await require_scope(request, INGEST_SCOPE)
+    record = await require_scope(request, WRITE_SCOPES)
     settings = request.app[SETTINGS]
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     request.app[METRICS].received_bytes.inc(len(body))
-    return body
+    return record, body
+
+
+def check_writer(record: TokenRecord, server_id: str, field: str) -> None:
+    """403 when a host token writes a server other than its own (an ingest token writes any)."""
+    if record.scope == HOST_SCOPE and record.server_id != server_id:
+        raise Forbidden(field, f"host token {record.token_id} is bound to server_id "
+                        f"{record.server_id!r} and cannot write another server",
+                        kind="host_mismatch", value=server_id)
 
 
 def _validate(model: type[_M], body: bytes) -> _M:
@@ -99,18 +113,21 @@ async def _enqueue(request: web.Request, report: Any, route: str,
 
 async def post_report(request: web.Request) -> web.Response:
     """Validate a report with the agent's contract and enqueue its messages."""
-    body = await _read_body(request)
+    token, body = await _read_body(request)
     try:
         report = validate_report(body, request.app[METRICS].count_fallback)
     except ValidationError as exc:
         raise validation_error(exc, body) from None
+    check_writer(token, report.host.server_id, "host.server_id")
     _check_clock(request, report.collected_at, "collected_at")
     return await _enqueue(request, report, "reports")
 
 
 async def post_commands(request: web.Request) -> web.Response:
     """Parse a raw ps / tasklist output into a report and enqueue it."""
-    commands = _validate(CommandsBody, await _read_body(request))
+    token, body = await _read_body(request)
+    commands = _validate(CommandsBody, body)
+    check_writer(token, commands.machine_id, "machine_id")
     _check_clock(request, commands.timestamp, "timestamp")
     if len(commands.output) > INLINE_PARSE_MAX_CHARS:
         # A big output takes a while to parse: let the event loop keep serving meanwhile.
@@ -135,7 +152,8 @@ def _responses(ok: dict[str, Any]) -> dict[str, Any]:
                     "$ref": "#/components/schemas/Duplicate"}}}},
         "400": err("malformed JSON, invalid UTF-8 or gzip"),
         "401": err("missing, invalid or revoked token"),
-        "403": err("token without the ingest scope"),
+        "403": err("token without the ingest or host scope, or a host token writing "
+                   "another server"),
         "413": err("body (or inflated body) over the size limit"),
         "408": err("body not received within the body timeout (the connection is closed)"),
         "415": err("not application/json, or an encoding other than gzip"),

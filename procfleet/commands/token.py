@@ -12,14 +12,17 @@ import os
 import sys
 import time
 
-SCOPES = ("ingest", "read")  # ingest_gateway.auth.SCOPES, repeated to keep --help import-light
+# ingest_gateway.auth.CREATABLE_SCOPES, repeated to keep --help import-light. Host tokens are
+# not made here: a host obtains its own with an enroll token (POST /v1/enroll).
+SCOPES = ("ingest", "read", "enroll")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     create = sub.add_parser("create", help="create a token and print it")
     create.add_argument("--scope", choices=SCOPES, required=True,
-                        help="ingest: post reports; read: query the API")
+                        help="ingest: post reports of any host (fleet-wide); read: query the "
+                        "API; enroll: let hosts obtain their own host token")
     create.add_argument("--name", default="", help="who or what uses it (shown by list)")
     listing = sub.add_parser("list", help="list tokens (never their secrets)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -51,12 +54,14 @@ async def _run(args: argparse.Namespace, redis_url: str) -> int:
                 for r in records:
                     print(orjson.dumps({"id": r.token_id, "name": r.name, "scope": r.scope,
                                         "created_at": _format_time(r.created_at),
-                                        "revoked": r.revoked}).decode())
+                                        "revoked": r.revoked,
+                                        "server_id": r.server_id}).decode())
                 return 0
             print(f"{'ID':<14}{'SCOPE':<8}{'CREATED':<22}{'REVOKED':<9}NAME")
             for r in records:
                 print(f"{r.token_id:<14}{r.scope:<8}{_format_time(r.created_at):<22}"
-                      f"{'yes' if r.revoked else 'no':<9}{r.name}")
+                      f"{'yes' if r.revoked else 'no':<9}{r.name}"
+                      f"{f'  server_id={r.server_id}' if r.server_id else ''}")
             return 0
         revoked = await store.revoke(args.token_id)
         if revoked is None:

@@ -5,6 +5,7 @@ release archives come from, and a mock gateway that records reports).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ PACKAGE_SOURCES = (
     "procfleet",
 )
 PLAYBOOK_TIMEOUT_S = 240
+PEER_HOST_TOKEN = "pf_peerhost_HostTokenOfTheConvergedHost"
 _RECAP_RE = re.compile(
     r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE
 )
@@ -91,7 +93,8 @@ class PlaybookRun:
 
 
 class _PeerHandler(BaseHTTPRequestHandler):
-    """GET /archives/<name> serves release archives; POST /v1/reports records a report."""
+    """GET /archives/<name> serves release archives; POST /v1/reports records a report;
+    POST /v1/enroll records the enrollment and answers ``PEER_HOST_TOKEN``."""
 
     server: FleetPeer
 
@@ -117,8 +120,13 @@ class _PeerHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.posts.append((self.path, dict(self.headers), body))
-        payload = json.dumps({"accepted": True}).encode()
-        self.send_response(202 if self.path == "/v1/reports" else 404)
+        if self.path == "/v1/enroll":
+            server_id = json.loads(gzip.decompress(body))["server_id"]
+            payload = json.dumps({"token": PEER_HOST_TOKEN, "server_id": server_id}).encode()
+            self.send_response(201)
+        else:
+            payload = json.dumps({"accepted": True}).encode()
+            self.send_response(202 if self.path == "/v1/reports" else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()

@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.ansible.ansible_harness import AGENT_USER, EXPORTER_BINARY, EXPORTER_USER
+from tests.ansible.ansible_harness import (
+    AGENT_USER,
+    EXPORTER_BINARY,
+    EXPORTER_USER,
+    PEER_HOST_TOKEN,
+)
 
 # The first test also waits for the session converge (three playbook runs).
 pytestmark = [pytest.mark.ansible, pytest.mark.timeout(600)]
@@ -240,3 +245,34 @@ def test_installed_agent_delivers_one_report_to_the_gateway(converged, running_e
     assert any(p["pid"] > 0 for p in report["processes"])
     assert report["process_groups"], "the agent did not scrape the installed exporter"
     assert converged.token not in proc.stdout + proc.stderr
+
+
+def test_installed_agent_enrolls_once_and_keeps_its_host_token_owner_only(converged,
+                                                                           running_exporter):
+    converged.peer.posts.clear()
+    enroll_token = "pf_enrollfleet_EnrollTokenOfTheFleet"
+    token_file = converged.root / "var/spool/host-token"
+    argv = exec_start(unit_path(converged, "procfleet-agent")) + ["--once"]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "PROCFLEET_ENROLL_TOKEN": enroll_token}
+    try:
+        for _ in range(2):  # a second start reuses the stored host token
+            proc = subprocess.run([RUNUSER, "-u", AGENT_USER, "--", *argv], env=env,
+                                  capture_output=True, text=True, timeout=AGENT_ONCE_TIMEOUT_S)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert enroll_token not in proc.stdout + proc.stderr
+            assert PEER_HOST_TOKEN not in proc.stdout + proc.stderr
+        info = token_file.stat()
+        stored = json.loads(token_file.read_text())
+    finally:
+        token_file.unlink(missing_ok=True)
+
+    enrolls = [post for post in converged.peer.posts if post[0] == "/v1/enroll"]
+    reports = [post for post in converged.peer.posts if post[0] == "/v1/reports"]
+    assert len(enrolls) == 1 and len(reports) == 2, converged.peer.posts
+    assert enrolls[0][1]["Authorization"] == f"Bearer {enroll_token}"
+    assert json.loads(gzip.decompress(enrolls[0][2]))["server_id"] == "ansible-test-host"
+    assert {headers["Authorization"] for _, headers, _ in reports} == {
+        f"Bearer {PEER_HOST_TOKEN}"}
+    assert stored == {"server_id": "ansible-test-host", "token": PEER_HOST_TOKEN}
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (pwd.getpwnam(AGENT_USER).pw_uid, 0o600)

@@ -146,6 +146,11 @@ async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
 
         state = orjson.loads((data_dir / "stack.json").read_text())
         ports = [port, *state["ports"].values()]
+        # The local agent enrolled: no fleet-wide ingest token, a host token kept 0600.
+        assert set(state["tokens"]) == {"enroll", "read"}
+        host_token = data_dir / "spool" / "host-token"
+        assert stat.S_IMODE(host_token.stat().st_mode) == 0o600
+        assert orjson.loads(host_token.read_text())["server_id"] == snapshot["server_id"]
         assert ups[0].terminate() == 0
         assert not [p for p in ports if port_is_taken(p)], "a server outlived procfleet up"
 
@@ -156,8 +161,16 @@ async def test_up_runs_the_stack_stops_cleanly_and_resumes_with_its_data():
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers,
                                      timeout=10) as client:
             servers = (await client.get("/api/servers")).json()["servers"]
-        server = [s for s in servers if s["server_id"] == snapshot["server_id"]][0]
-        assert _epoch(server["first_seen_at"]) < started_again
+            server = [s for s in servers if s["server_id"] == snapshot["server_id"]][0]
+            assert _epoch(server["first_seen_at"]) < started_again
+
+            async def reported_again() -> bool:  # with its stored host token: no 409
+                servers = (await client.get("/api/servers")).json()["servers"]
+                return any(s["server_id"] == snapshot["server_id"]
+                           and _epoch(s["last_seen_at"]) > started_again for s in servers)
+
+            await wait_until(reported_again, "a report from the resumed agent", 60,
+                             interval_s=0.5)
         assert ups[1].terminate() == 0
     finally:
         for up in ups:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -83,6 +84,47 @@ def test_token_revoke_marks_it_revoked_and_unknown_id_fails(sync_redis, capsys):
 
     assert orjson.loads(sync_redis.hget(stream.TOKENS_KEY, token_id))["revoked"] is True
     assert "no token with id 'doesnotexist'" in capsys.readouterr().err
+
+
+def test_enroll_token_is_created_like_the_others_and_host_tokens_cannot_be(sync_redis,
+                                                                          capsys):
+    assert procfleet("token", "create", "--scope", "enroll", "--name", "fleet") == 0
+    out = capsys.readouterr().out
+    token = out.strip()
+    assert out == token + "\n"
+    stored = orjson.loads(sync_redis.hget(stream.TOKENS_KEY, token.split("_", 2)[1]))
+    assert stored["scope"] == "enroll" and stored["sha256"] == hash_token(token)
+    with pytest.raises(SystemExit):  # host tokens come from POST /v1/enroll only
+        procfleet("token", "create", "--scope", "host")
+
+
+def test_host_list_and_reset_revoke_the_bound_token(sync_redis, capsys):
+    from ingest_gateway.enrollment import HostEnrollment
+
+    async def enroll() -> str:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(os.environ["REDIS_URL"], protocol=2)
+        try:
+            record, _ = await HostEnrollment(client).enroll("web-01", "web-01.lan")
+        finally:
+            await client.aclose()
+        return record.token_id
+
+    token_id = asyncio.run(enroll())
+    assert procfleet("host", "list", "--json") == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {"server_id": "web-01", "token_id": token_id}]
+    assert procfleet("token", "list") == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if token_id in line]
+    assert row.split()[1] == "host" and row.endswith("web-01.lan  server_id=web-01")
+
+    assert procfleet("host", "reset", "web-01") == 0
+    assert f"host token {token_id} revoked" in capsys.readouterr().err
+    assert orjson.loads(sync_redis.hget(stream.TOKENS_KEY, token_id))["revoked"] is True
+    assert sync_redis.hlen(stream.HOSTS_KEY) == 0
+    assert procfleet("host", "reset", "web-01") == 1
+    assert "server_id 'web-01' is not enrolled" in capsys.readouterr().err
 
 
 def test_token_command_reports_unreachable_redis(monkeypatch, capsys):

@@ -110,6 +110,15 @@ def test_servers_are_seen_once_per_batch_with_first_last_and_newest_metadata():
     assert rows.host_messages == 2 and len(rows) == 5
 
 
+def test_a_sighting_never_moves_past_the_clock_but_samples_keep_their_ts():
+    host_ahead = ("h", ("a", 9_000.0, "r1", "ahead", "linux", "", None, "1"))
+    rows = build_rows([process("a", 8_000.0), host_ahead, process("a", 500.0)],
+                      clock=lambda: 1_000.0)
+    [a] = rows.server_rows()
+    assert a[-3:] == (1_000.0, 500.0, 1_000.0)  # metadata_at, first_seen_at, last_seen_at
+    assert [row[1] for row in rows.tables["process_samples"]] == [8_000.0, 500.0]
+
+
 @pytest.mark.parametrize("bad", [
     process(ts="yesterday"), process(server_id=7), ("h", (["x"], 1.0, *[None] * 6)),
 ])

@@ -204,3 +204,25 @@ async def test_a_worker_collects_on_its_timer_only_without_automatic_collections
         gc.enable()
     assert worker.summary.rows > 0
     assert bool(collections) is not automatic
+
+
+async def test_a_far_future_collected_at_never_moves_last_seen_at_past_the_clock(redis,
+                                                                                  settings):
+    # A host whose clock is ahead must not stay "fresh" forever: its samples keep their ts,
+    # its sighting stops at the clock of the worker that writes it.
+    far_future = datetime.now(UTC).timestamp() + 30 * 86_400
+    await produce(redis, report_messages("clock-ahead", far_future, processes=2))
+
+    await run_burst(settings)
+    written_by = time.time()
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        server = await conn.fetchrow("SELECT * FROM servers WHERE server_id = 'clock-ahead'")
+        newest_sample = await conn.fetchval("SELECT max(ts) FROM process_samples")
+    finally:
+        await conn.close()
+    assert server["last_seen_at"].timestamp() <= written_by
+    assert server["metadata_at"].timestamp() <= written_by
+    assert server["first_seen_at"] <= server["last_seen_at"]
+    assert newest_sample.timestamp() == pytest.approx(far_future, abs=1e-3)
