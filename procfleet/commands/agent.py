@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from agent.config import load_settings
     from agent.errors import ProcfleetError
-    from agent.runner import check_settings, dry_run, run_agent
+    from procfleet.agent_process import check_settings, dry_run, run_agent
 
     try:
         settings = load_settings(args.config, os.environ)

@@ -24,7 +24,7 @@ PROBE = textwrap.dedent(
     from procfleet.cli import build_parser
     build_parser().parse_args(["agent", "--check"])
     import procfleet.commands.agent
-    import agent.runner, agent.report, agent.config
+    import agent.runner, agent.report, agent.config, procfleet.agent_process
     forbidden = %r
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in forbidden)
     print(json.dumps({"imported": imported, "forbidden_loaded": loaded}))
@@ -85,6 +85,7 @@ def test_a_running_agent_never_imports_pydantic(tmp_path):
         "with contextlib.redirect_stdout(out):\n"
         f"    code = main(['agent', '--config', {str(config)!r}, '--dry-run'])\n"
         "import agent.runner, agent.report, agent.sender, agent.spool, agent.hostinfo\n"
+        "import procfleet.agent_process\n"
         "import agent.collectors.process_table, agent.collectors.process_exporter\n"
         "import agent.parsers.ps, agent.parsers.tasklist\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"

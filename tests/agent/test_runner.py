@@ -18,9 +18,10 @@ from prometheus_client import REGISTRY
 
 from agent.config import AgentSettings
 from agent.rows import Host, ProcessSample, Report
-from agent.runner import Agent, _install_signal_handlers
+from agent.runner import Agent
 from agent.sender import Sender
 from agent.spool import Spool
+from procfleet.agent_process import _install_signal_handlers
 
 TOKEN = "pf_ingest_RunnerSecretToken"
 HOST = Host(server_id="test-host", hostname="test-host", os_type="linux")
