@@ -37,7 +37,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-DAILY_TABLES = ("process_samples", "process_group_samples", "snapshots")
+DAILY_TABLES = ("process_points", "process_group_points", "snapshots")
 UPKEEP_LOCK_KEY = 0x70726F63757063  # "procupc"
 LOCK_TIMEOUT = "5s"
 

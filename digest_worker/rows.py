@@ -1,9 +1,11 @@
 """Decoded stream messages → table rows.
 
 A decoded message is ``(kind, row)`` with ``row`` in the order of ``stream.COLUMNS[kind]``.
-The sample tables keep that column order (migrations/0001) and the worker's connections take
-timestamps as the stream carries them (digest_worker/timestamps.py), so a message *is* its
-table row: the only change is the start-time sentinel of a process without one.
+The worker's connections take timestamps as the stream carries them
+(digest_worker/timestamps.py). A snapshot message *is* its table row. A process or group
+sample becomes a point (its identity's key, ts and what moves: ``TABLE_COLUMNS``) written to
+``TABLE_TARGET`` (migrations/0003), plus its identity, deduplicated per batch
+(digest_worker/identity.py writes those). A process without a start time gets the sentinel.
 """
 
 from __future__ import annotations
@@ -12,24 +14,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from digest_worker.identity import KeyCollisionError, group_key, process_key, same_start
 from digest_worker.timestamps import UNKNOWN_START_TIME
 from ingest_gateway import stream
 
-# kind -> table, and the table columns in stream order ("user" is a reserved word in SQL).
+# kind -> table (the logical name: metrics and results count rows under it), the table the
+# rows really go to, and its columns in the order build_rows makes them.
 TABLE_OF_KIND = {
     stream.KIND_PROCESS: "process_samples",
     stream.KIND_GROUP: "process_group_samples",
     stream.KIND_SNAPSHOT: "snapshots",
 }
+TABLE_TARGET = {"process_samples": "process_points",
+                "process_group_samples": "process_group_points", "snapshots": "snapshots"}
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    table: tuple("username" if c == "user" else c for c in stream.COLUMNS[kind])
-    for kind, table in TABLE_OF_KIND.items()
+    "process_samples": ("key", "ts", "cpu_seconds_total", "rss_bytes", "vsz_bytes",
+                        "cpu_percent", "memory_percent", "state"),
+    "process_group_samples": (
+        "key", "ts", "cpu_user_seconds_total", "cpu_system_seconds_total",
+        "memory_resident_bytes", "memory_virtual_bytes", "memory_swapped_bytes",
+        "read_bytes_total", "write_bytes_total", "major_page_faults_total",
+        "minor_page_faults_total", "context_switches_voluntary_total",
+        "context_switches_nonvoluntary_total", "oldest_start_time", "num_procs", "num_threads",
+        "open_fds"),
+    "snapshots": stream.COLUMNS[stream.KIND_SNAPSHOT],
 }
 SERVER_COLUMNS = (
     "server_id", "hostname", "os_type", "os_version", "boot_id", "agent_version",
     "last_report_id", "metadata_at", "first_seen_at", "last_seen_at",
 )
-_P_START = stream.COLUMNS[stream.KIND_PROCESS].index("start_time")
 
 
 @dataclass
@@ -52,6 +65,9 @@ class TableRows:
     )
     servers: dict[str, ServerSighting] = field(default_factory=dict)
     host_messages: int = 0
+    # key -> identity row (identity.IDENTITY_COLUMNS / GROUP_COLUMNS), one per batch
+    identities: dict[int, list[Any]] = field(default_factory=dict)
+    groups: dict[int, list[Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.tables.values()) + self.host_messages
@@ -80,10 +96,12 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
         server_id, ts = row[0], row[1]
         if type(ts) is not float and type(ts) is not int:
             raise TypeError(f"ts must be epoch seconds, got {ts!r}")
-        if kind == "h":
+        if kind == "p":
+            _add_process(out, by_kind["p"], row)
+        elif kind == "g":
+            _add_group(out, by_kind["g"], row)
+        elif kind == "h":
             out.host_messages += 1
-        elif kind == "p" and row[_P_START] is None:
-            by_kind[kind].append((*row[:_P_START], UNKNOWN_START_TIME, *row[_P_START + 1:]))
         else:
             by_kind[kind].append(row)
         # Consecutive messages mostly come from one report, hence one server.
@@ -103,3 +121,40 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
             seen.metadata = (hostname, os_type, os_version, boot_id, agent_version, report_id)
             seen.metadata_at = ts
     return out
+
+
+def _add_process(out: TableRows, points: list, row: Sequence[Any]) -> None:
+    (server_id, ts, pid, start, ppid, user, name, command, state, cpu, cpu_percent,
+     memory_percent, rss, vsz, tty, session_name, session_id) = row
+    if start is None:
+        start = UNKNOWN_START_TIME
+    key = process_key(server_id, pid, start)
+    points.append((key, ts, cpu, rss, vsz, cpu_percent, memory_percent, state))
+    identity = out.identities.get(key)
+    if identity is None:
+        out.identities[key] = [key, server_id, pid, start, ppid, session_id, ts, ts, user, name,
+                               command, tty, session_name]
+        return
+    if identity[1] != server_id or identity[2] != pid or not same_start(identity[3], start):
+        raise KeyCollisionError(key, (server_id, pid, start))
+    if ts > identity[7]:  # the newest sample's values win
+        identity[4:6] = ppid, session_id
+        identity[7:] = ts, user, name, command, tty, session_name
+    elif ts < identity[6]:
+        identity[6] = ts
+
+
+def _add_group(out: TableRows, points: list, row: Sequence[Any]) -> None:
+    server_id, ts, name = row[0], row[1], row[2]
+    key = group_key(server_id, name)
+    points.append((key, ts, *row[4:9], *row[11:18], row[3], row[9], row[10]))
+    identity = out.groups.get(key)
+    if identity is None:
+        out.groups[key] = [key, server_id, ts, ts, name]
+        return
+    if identity[1] != server_id or identity[4] != name:
+        raise KeyCollisionError(key, (server_id, name))
+    if ts > identity[3]:
+        identity[3] = ts
+    elif ts < identity[2]:
+        identity[2] = ts

@@ -30,7 +30,8 @@ from typing import Any
 
 import asyncpg
 
-from digest_worker.rows import SERVER_COLUMNS, TABLE_COLUMNS, build_rows
+from digest_worker.identity import IdentityWriter
+from digest_worker.rows import SERVER_COLUMNS, TABLE_COLUMNS, TABLE_TARGET, build_rows
 from digest_worker.timestamps import install_codec
 
 FALLBACK_BATCHES = 10
@@ -115,21 +116,23 @@ class BatchWriter:
         self.insert_method = insert_method
         self._staging_batches_left = 0
         self._unnest_sql: dict[str, str] = {}
+        self.identities = IdentityWriter()
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         """Install the timestamp codec, create this connection's staging tables and learn
         the column types for unnest."""
         await install_codec(conn)
         for table, columns in TABLE_COLUMNS.items():
+            target = TABLE_TARGET[table]
             await conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS {staging_table(table)} "
-                f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             if table not in self._unnest_sql:
-                types = await _column_types(conn, table, columns)
+                types = await _column_types(conn, target, columns)
                 params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
                 self._unnest_sql[table] = (
-                    f"INSERT INTO {table} ({', '.join(columns)}) "
+                    f"INSERT INTO {target} ({', '.join(columns)}) "
                     f"SELECT * FROM unnest({params}) ON CONFLICT DO NOTHING"
                 )
 
@@ -141,7 +144,7 @@ class BatchWriter:
             rows = build_rows(messages)
             try:
                 async with conn.transaction():
-                    return await self._write(conn, rows, method)
+                    result = await self._write(conn, rows, method)
             except asyncpg.UniqueViolationError:
                 if method != "copy":
                     raise
@@ -151,7 +154,8 @@ class BatchWriter:
                 async with conn.transaction():
                     result = await self._write(conn, rows, "staging")
                 result.fell_back = True
-                return result
+            self.identities.remember(rows.identities, rows.groups)
+            return result
         except Exception as exc:
             if not is_poison(exc):
                 raise
@@ -203,12 +207,14 @@ class BatchWriter:
     async def _write(self, conn: asyncpg.Connection, rows, method: str,
                      fresh: bool = False) -> WriteResult:
         result = WriteResult()
+        # Identities before points: the late-sample trigger of the points reads them.
+        await self.identities.write(conn, rows.identities, rows.groups)
         for table, records in rows.tables.items():
             if not records:
                 continue
-            columns = TABLE_COLUMNS[table]
+            columns, target = TABLE_COLUMNS[table], TABLE_TARGET[table]
             if method == "copy":
-                await conn.copy_records_to_table(table, records=records, columns=columns)
+                await conn.copy_records_to_table(target, records=records, columns=columns)
                 inserted = len(records)
             elif method == "staging":
                 stage = staging_table(table)
@@ -217,7 +223,7 @@ class BatchWriter:
                 await conn.copy_records_to_table(stage, records=records, columns=columns)
                 cols = ", ".join(columns)
                 status = await conn.execute(
-                    f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
+                    f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} "
                     f"ON CONFLICT DO NOTHING"
                 )
                 inserted = int(status.rsplit(" ", 1)[1])

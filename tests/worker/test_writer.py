@@ -109,3 +109,51 @@ def test_errors_from_values_are_poison_and_transport_errors_are_not():
     assert not is_poison(asyncpg.AdminShutdownError("shutting down"))
     assert not is_poison(asyncpg.UndefinedTableError("no table"))
     assert not is_poison(asyncpg.DeadlockDetectedError("deadlock"))
+
+
+def steady_report(ts: float) -> list[tuple[str, tuple]]:
+    """A report of the same 10 processes (fixed start times) and 2 groups."""
+    return [(kind, (*row[:3], TS - 86400 + row[2], *row[4:]) if kind == "p" else row)
+            for kind, row in report_messages("srv", ts, processes=10)]
+
+
+async def test_identities_are_written_once_then_refreshed_at_most_every_refresh_s(conn):
+    writer = await prepared(conn, "copy")
+    await writer.commit(conn, steady_report(TS))
+    assert writer.identities.written == 12  # 10 processes + 2 groups
+    await writer.commit(conn, steady_report(TS + 15))
+    assert writer.identities.written == 12  # nothing new: no identity written
+    await writer.commit(conn, steady_report(TS + 45))
+    assert writer.identities.written == 24  # 45 s > REFRESH_S after the written last_seen
+
+    seen = await conn.fetch("SELECT first_seen, last_seen FROM process_identities")
+    assert len(seen) == 10
+    assert {(r["first_seen"].timestamp(), r["last_seen"].timestamp()) for r in seen} == {
+        (TS, TS + 45)}
+    assert await conn.fetchval("SELECT count(*) FROM process_samples") == 30
+    # a late sample older than first_seen is written through at once
+    await writer.commit(conn, steady_report(TS - 15))
+    assert await conn.fetchval(
+        "SELECT count(*) FROM process_identities WHERE first_seen = to_timestamp($1::float8)",
+        TS - 15) == 10
+
+
+async def test_a_key_held_by_another_identity_is_poison_and_nothing_is_merged(conn):
+    writer = await prepared(conn, "copy")
+    [_, _, process] = report_messages("srv", TS, processes=1, groups=0)
+    await writer.commit(conn, [process])
+    key = await conn.fetchval("SELECT key FROM process_identities")
+    # an identity that hashes to the same key (forged: md5 collisions do not come by chance)
+    other = ("p", ("other-server", TS, 999, TS - 10, *process[1][4:]))
+    from digest_worker import identity
+    identity._process_keys[("other-server", 999, TS - 10)] = key
+    try:
+        result = await writer.commit(conn, [other, report_messages("b", TS, processes=1,
+                                                                     groups=0)[2]])
+    finally:
+        identity._process_keys.clear()
+
+    assert [index for index, _ in result.poison] == [0]
+    assert "collides" in result.poison[0][1]
+    rows = await conn.fetch("SELECT server_id, pid FROM process_samples ORDER BY server_id")
+    assert [tuple(r) for r in rows] == [("b", 100), ("srv", 100)]
