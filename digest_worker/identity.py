@@ -141,7 +141,9 @@ class IdentityWriter:
         refresh_s = self.refresh_s
         for key, row in rows.items():
             known = seen.get(key)
-            if known is None or row[first] < known[0] or row[last] > known[1] + refresh_s or known[2] != row[1:first]:
+            # A known key with another identity is written too: the upsert reports it.
+            if (known is None or row[first] < known[0] or row[last] > known[1] + refresh_s
+                    or known[2] != _identity(row, first)):
                 due.append(row)
         due.sort(key=lambda r: r[0])
         return due
@@ -170,6 +172,11 @@ class IdentityWriter:
             for key, row in rows.items():
                 known = seen.get(key)
                 if known is None:
-                    seen[key] = (row[first], row[last], row[1:first])
+                    seen[key] = (row[first], row[last], _identity(row, first))
                 elif row[last] > known[1] + self.refresh_s or row[first] < known[0]:
                     seen[key] = (min(known[0], row[first]), max(known[1], row[last]), known[2])
+
+
+def _identity(row: list, first: int) -> tuple:
+    """(server_id, pid, start_time) of an identity row, (server_id, name) of a group row."""
+    return (row[1], row[2], row[3]) if first == FIRST else (row[1], row[4])
