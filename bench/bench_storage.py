@@ -13,7 +13,10 @@ machine ids, ~90-character command lines, clock-tick CPU) into two databases:
 then runs the upkeep each schema has (the rollup job; for ``after`` also the storage upkeep
 of ``procfleet compact --older-than <hot-h>h`` when it exists: compaction, partition drops),
 VACUUMs, and prints the bytes on disk (heap + indexes + TOAST, every partition) per process
-sample for each tier and in total. The seeded day ends ``--hot-h`` hours + a few minutes ago.
+sample for each tier and in total. The seeded hours end at the last UTC midnight and the
+upkeep runs at least ``--hot-h`` later, so every seeded hour is closed: the figures are those
+of any day but today in a running fleet (today also holds the hot window's rows, ~130 B a
+sample, for ``--hot-h`` hours: docs/BENCHMARKS.md adds them).
 
 Uses an EmbeddedPostgres in a temp dir unless ``DATABASE_URL`` is set (then two scratch
 databases are created on that server and dropped at the end).
@@ -69,7 +72,8 @@ TIERS = {
         "snapshots, servers": ("snapshots", "servers"),
     },
     "after": {
-        "process history": ("process_identities", "process_points", "process_history"),
+        "process history": ("process_identities", "process_points", "process_history",
+                            "history_clock"),
         "group history": ("process_groups", "process_group_points", "process_group_history"),
         "rollups": ("rollup_minute", "rollup_hour", "rollup_fleet_minute",
                     "rollup_fleet_hour"),
@@ -118,8 +122,12 @@ async def upkeep_after(conn: asyncpg.Connection, now: datetime, hot_h: float) ->
 
 async def run(urls: dict[str, str], args: argparse.Namespace) -> None:
     intervals = int(args.hours * 3600 / args.interval_s)
-    now = datetime.now(UTC)
-    start = now - timedelta(hours=args.hours + args.hot_h, minutes=5)
+    # The seeded hours end at the last midnight (UTC), and the upkeep runs at least the hot
+    # window later: every seeded hour is closed and compactable, and its day partition of
+    # hot rows is whole, as for every day but today in a running fleet.
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=args.hours)
+    now = max(datetime.now(UTC), end + timedelta(hours=args.hot_h, minutes=1))
     fleet = FleetDay(hosts=args.hosts, processes=args.processes, groups=args.groups,
                      start=start.timestamp(), interval_s=args.interval_s, seed=args.seed)
     conns = {name: await asyncpg.connect(url) for name, url in urls.items()}
@@ -127,7 +135,7 @@ async def run(urls: dict[str, str], args: argparse.Namespace) -> None:
         for name, conn in conns.items():
             await install_codec(conn)
             await conn.execute("SET synchronous_commit = off")
-            days = (now.date() - start.date()).days + 2
+            days = (now.date() - start.date()).days + 3
             tables = (tuple(OLD_TABLES.values()) if name == "before"
                       else partitions.DAILY_TABLES)
             await partitions.run_upkeep(conn, now.date(), days, 1, tables=tables)
