@@ -16,6 +16,8 @@ then passed in as one object. Nothing else in ``digest_worker`` reads ``os.envir
 | retention_days       | PROCFLEET_RETENTION_DAYS             | 7                          |
 | partitions_ahead_days| PROCFLEET_PARTITIONS_AHEAD_DAYS      | 3                          |
 | upkeep_interval_s    | PROCFLEET_UPKEEP_INTERVAL_S          | 3600                       |
+| hot_window_h         | PROCFLEET_HOT_WINDOW_H               | 2                          |
+| compact_interval_s   | PROCFLEET_COMPACT_INTERVAL_S         | 300                        |
 | summary_interval_s   | PROCFLEET_WORKER_SUMMARY_INTERVAL_S  | 30                         |
 | insert_method        | PROCFLEET_WORKER_INSERT_METHOD       | copy                       |
 | retry_max_delay_s    | PROCFLEET_WORKER_RETRY_MAX_DELAY_S   | 30                         |
@@ -73,6 +75,9 @@ class WorkerSettings:
     retention_days: int = 7
     partitions_ahead_days: int = 3
     upkeep_interval_s: float = 3600.0
+    # Samples stay one row each for this long, then are compacted (digest_worker/compaction.py)
+    hot_window_h: float = 2.0
+    compact_interval_s: float = 300.0
     summary_interval_s: float = 30.0
     insert_method: str = "copy"
     retry_max_delay_s: float = 30.0
@@ -88,6 +93,7 @@ class WorkerSettings:
             "claim_idle_ms": self.claim_idle_ms, "max_deliveries": self.max_deliveries,
             "retention_days": self.retention_days,
             "upkeep_interval_s": self.upkeep_interval_s,
+            "compact_interval_s": self.compact_interval_s,
             "summary_interval_s": self.summary_interval_s,
             "retry_max_delay_s": self.retry_max_delay_s,
             "dead_letter_maxlen": self.dead_letter_maxlen,
@@ -98,6 +104,8 @@ class WorkerSettings:
         if self.batch_max_wait_ms < 0 or self.partitions_ahead_days < 0:
             bad = "batch_max_wait_ms" if self.batch_max_wait_ms < 0 else "partitions_ahead_days"
             raise ConfigError(bad, getattr(self, bad), "must be >= 0")
+        if self.hot_window_h < 0:
+            raise ConfigError("hot_window_h", self.hot_window_h, "must be >= 0")
         if self.shards > stream.MAX_SHARDS:
             raise ConfigError("shards", self.shards, f"must be <= {stream.MAX_SHARDS}")
         if self.insert_method not in INSERT_METHODS:
@@ -157,6 +165,8 @@ _ENV = {
     "retention_days": "PROCFLEET_RETENTION_DAYS",
     "partitions_ahead_days": "PROCFLEET_PARTITIONS_AHEAD_DAYS",
     "upkeep_interval_s": "PROCFLEET_UPKEEP_INTERVAL_S",
+    "hot_window_h": "PROCFLEET_HOT_WINDOW_H",
+    "compact_interval_s": "PROCFLEET_COMPACT_INTERVAL_S",
     "summary_interval_s": "PROCFLEET_WORKER_SUMMARY_INTERVAL_S",
     "insert_method": "PROCFLEET_WORKER_INSERT_METHOD",
     "retry_max_delay_s": "PROCFLEET_WORKER_RETRY_MAX_DELAY_S",

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway", "run the ingest + query HTTP service"),
     "worker": ("worker", "run digest workers"),
     "migrate": ("migrate", "apply pending database migrations"),
+    "compact": ("compact", "compact closed hours of process history once, then exit"),
     "token": ("token", "create, list and revoke API tokens"),
     "parse": ("parse", "parse a saved ps / tasklist output into JSON"),
     "top": ("top", "show the top processes from the API"),

@@ -4,7 +4,10 @@ from several connections and to interrupt."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,6 +17,7 @@ from digest_worker.partitions import run_upkeep
 from digest_worker.writer import BatchWriter
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0)
 START = (NOW - timedelta(hours=5)).replace(minute=0)  # hours START .. START+3 are closed
@@ -151,3 +155,26 @@ async def test_a_compaction_killed_midway_loses_and_duplicates_nothing(conn,
 
     assert len(report.hours) == 2
     assert [tuple(r) for r in await conn.fetch(ALL)] == before
+
+
+async def test_procfleet_compact_runs_the_upkeep_once_and_exits_0(conn, migrated_database):
+    await write(conn, fleet_messages(START, 4 * 60))
+    before = [tuple(r) for r in await conn.fetch(ALL)]
+    command = [sys.executable, "-m", "procfleet", "compact", "--older-than", "2h",
+               "--database-url", migrated_database]
+
+    done = await asyncio.to_thread(subprocess.run, command, cwd=REPO, capture_output=True,
+                                   text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert "hours=3 " in done.stdout
+    assert await conn.fetchval("SELECT min(ts) FROM process_points") >= START + timedelta(
+        hours=3)
+    assert [tuple(r) for r in await conn.fetch(ALL)] == before
+
+
+def test_procfleet_compact_refuses_a_bad_age_and_changes_nothing():
+    done = subprocess.run([sys.executable, "-m", "procfleet", "compact", "--older-than", "2x"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "invalid age '2x'" in done.stderr

@@ -47,11 +47,20 @@ def test_settings_come_from_the_environment_then_the_command_line():
     ({"PROCFLEET_WORKER_INSERT_METHOD": "magic"}, "insert_method", "magic"),
     ({"PROCFLEET_WORKER_BLOCK_MS": "9000"}, "block_ms", 9000),
     ({"DATABASE_URL": "mysql://x"}, "database_url", "mysql://x"),
+    ({"PROCFLEET_HOT_WINDOW_H": "-1"}, "hot_window_h", -1.0),
+    ({"PROCFLEET_COMPACT_INTERVAL_S": "0"}, "compact_interval_s", 0.0),
 ])
 def test_invalid_settings_name_the_key_and_the_value(env, key, bad):
     with pytest.raises(ConfigError) as caught:
         WorkerSettings.from_env(env)
     assert caught.value.key == key and caught.value.value == bad
+
+
+def test_the_hot_window_and_compaction_interval_come_from_the_environment():
+    settings = WorkerSettings.from_env({"PROCFLEET_HOT_WINDOW_H": "0.5",
+                                        "PROCFLEET_COMPACT_INTERVAL_S": "60"})
+    assert (settings.hot_window_h, settings.compact_interval_s) == (0.5, 60.0)
+    assert (WorkerSettings().hot_window_h, WorkerSettings().compact_interval_s) == (2.0, 300.0)
 
 
 def test_block_time_must_stay_well_under_the_socket_timeout():
