@@ -61,7 +61,7 @@ async def top(request: web.Request) -> web.Response:
     params = parse_top(request.query, _now())
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
-        result = await top_processes(conn, params)
+        result = await top_processes(conn, params, path=params.path)
     _note(request, started_s, query_path=result.plan.path, source=result.plan.source,
           rows=len(result.processes))
     return json_response(result.as_json())
@@ -72,7 +72,7 @@ async def series(request: web.Request) -> web.Response:
     params = parse_series(request.match_info["name"], request.query, _now())
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
-        result = await process_series(conn, params)
+        result = await process_series(conn, params, path=params.path)
     _note(request, started_s, query_path=result.plan.path, points=len(result.points))
     return json_response(result.as_json())
 

@@ -93,6 +93,7 @@ async def test_unknown_server_ids_give_an_empty_result(query_gateway, seeded):
     ({"hours": "169"}, "hours"),
     ({"hours": "1.5"}, "hours"),
     ({"source": "containers"}, "source"),
+    ({"path": "fast"}, "path"),
     ({"from": "2026-01-01T00:00:00Z"}, "to"),
     ({"from": "yesterday", "to": "2026-01-01T00:00:00Z"}, "from"),
     ({"from": "2026-01-01T00:00:00", "to": "2026-01-01T01:00:00Z"}, "from"),
@@ -242,7 +243,7 @@ async def test_openapi_documents_every_query_route(query_gateway):
         assert "get" in doc["paths"][path], path
     top = doc["paths"]["/api/processes/top"]["get"]
     assert {p["name"] for p in top["parameters"]} == {
-        "server_ids[]", "metric", "limit", "hours", "from", "to", "source"}
+        "server_ids[]", "metric", "limit", "hours", "from", "to", "source", "path"}
     assert "avg_cpu_percent" in top["description"]
     item = top["responses"]["200"]["content"]["application/json"]["schema"]
     assert "peak_memory_mb" in item["properties"]["processes"]["items"]["properties"]
@@ -286,3 +287,20 @@ async def test_a_rollup_far_behind_is_not_used(query_gateway, db):
     body = await query_gateway.get_json("/api/processes/top")
     assert body["path"] == "raw"
     assert body["processes"][0]["avg_cpu_percent"] == pytest.approx(350.0, abs=2.0)
+
+
+async def test_path_raw_forces_the_per_process_path_over_a_fresh_rollup(query_gateway, db):
+    now = await db.fetchval("SELECT now()")
+    for n in range(3):
+        await insert_processes(db, steady_process(f"web-{n:02d}", "nginx", 100,
+                                                  now - timedelta(minutes=70), 70,
+                                                  cores=0.5))
+    await refresh_rollups(db, now=now, retention_days=1, max_chunks=100)
+    rolled = await query_gateway.get_json("/api/processes/top", {"source": "processes"})
+    raw = await query_gateway.get_json("/api/processes/top",
+                                       {"source": "processes", "path": "raw"})
+    assert (rolled["path"], raw["path"]) == ("rollup", "raw")
+    assert raw["processes"][0]["avg_cpu_percent"] == pytest.approx(150.0, abs=2.0)
+    series = await query_gateway.get_json("/api/processes/nginx/series",
+                                          {"source": "processes", "path": "raw"})
+    assert series["path"] == "raw"

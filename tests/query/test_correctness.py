@@ -16,6 +16,7 @@ from query_seed import (
     steady_process,
 )
 
+from digest_worker.compaction import run_storage_upkeep
 from digest_worker.rollup import refresh_rollups
 from ingest_gateway.queries.params import TimeRange, TopParams
 from ingest_gateway.queries.top import top_processes
@@ -45,6 +46,14 @@ async def check_all_paths(db, samples: list[dict], source: str, start, end, **op
                        metric=options.get("metric", "cpu"), limit=options.get("limit", 10),
                        server_ids=options.get("server_ids"))
     raw = await top_processes(db, params, path="raw")
+    if source == "processes":
+        # Compact every hour (nothing hot is left): the raw path reads the compacted history
+        # and must give the same numbers, and the rollups below are built from it.
+        report = await run_storage_upkeep(db, now=end + timedelta(days=1),
+                                          older_than=timedelta(0))
+        assert report.hours and await db.fetchval("SELECT count(*) FROM process_points") == 0
+        compacted = await top_processes(db, params, path="raw")
+        assert compacted.processes == raw.processes
     await refresh_rollups(db, now=end + timedelta(hours=1, minutes=2), retention_days=2,
                           max_chunks=200)
     rolled = await top_processes(db, params, path="rollup")
