@@ -74,7 +74,8 @@ TIERS = {
     "after": {
         "process history": ("process_identities", "process_points", "process_history",
                             "history_clock"),
-        "group history": ("process_groups", "process_group_points", "process_group_history"),
+        "group history": ("process_groups", "process_group_points", "process_group_history",
+                          "group_history_clock"),
         "rollups": ("rollup_minute", "rollup_hour", "rollup_fleet_minute",
                     "rollup_fleet_hour"),
         "snapshots, servers": ("snapshots", "servers"),

@@ -1,6 +1,8 @@
 """Storage upkeep: compact closed hours of per-process samples into history rows, lossless.
 
-The encoding and its decoder are in ``migrations/0004_compacted_history.sql``. This job:
+The encodings and their decoders are in ``migrations/0004_compacted_history.sql`` (OS
+processes) and ``0005_compacted_group_history.sql`` (process_exporter groups, the same
+model). For each kind, this job:
 
 - **Compacts** every hour that ended at or before ``now - older_than`` (the hot window,
   ``PROCFLEET_HOT_WINDOW_H``, 2 h by default) and still has rows in ``process_points``. One
@@ -87,6 +89,82 @@ GROUP BY x.key
 """
 
 
+GROUP_FLOATS = ("cpu_user_seconds_total", "cpu_system_seconds_total")
+GROUP_INTS = ("memory_resident_bytes", "memory_virtual_bytes", "memory_swapped_bytes",
+              "read_bytes_total", "write_bytes_total", "major_page_faults_total",
+              "minor_page_faults_total", "context_switches_voluntary_total",
+              "context_switches_nonvoluntary_total", "num_procs", "num_threads", "open_fds")
+_GROUP_STAGE = "compact_group_points"
+
+
+def _group_encode_sql() -> str:
+    """The group twin of ``_ENCODE`` (migrations/0005 documents the flags)."""
+    flags = " | ".join(
+        [f"CASE WHEN bool_and(x.{c} IS NOT NULL) THEN 0 ELSE {1 << i} END"
+         for i, c in enumerate(GROUP_INTS)]
+        + [f"CASE WHEN bool_and(x.{c}_exact) THEN 0 ELSE {1 << (12 + i)} END"
+           for i, c in enumerate(GROUP_FLOATS)])
+    arrays = (
+        [f"CASE WHEN bool_and(x.{c}_exact) THEN array_agg(x.{c}_ticks - x.{c}_prev "
+         f"ORDER BY x.ts) END" for c in GROUP_FLOATS]
+        + [f"CASE WHEN NOT bool_and(x.{c}_exact) THEN array_agg(x.{c} ORDER BY x.ts) END"
+           for c in GROUP_FLOATS]
+        + [f"CASE WHEN bool_and(x.{c} IS NOT NULL) THEN array_agg(x.{c}::bigint - x.{c}_prev "
+           f"ORDER BY x.ts) ELSE array_agg(x.{c}::bigint ORDER BY x.ts) END"
+           for c in GROUP_INTS]
+        + ["CASE WHEN bool_or(x.oldest_start_time IS NOT NULL) "
+           "THEN array_agg(x.oldest_start_time ORDER BY x.ts) END"])
+    lags = ", ".join(
+        [f"coalesce(lag(y.{c}_ticks) OVER w, 0) AS {c}_prev" for c in GROUP_FLOATS]
+        + [f"coalesce(lag(y.{c}::bigint) OVER w, 0) AS {c}_prev" for c in GROUP_INTS])
+    ticks = ", ".join(
+        f"CASE WHEN abs(z.{c}) < 1e15 THEN round(z.{c} * 100)::bigint END AS {c}_ticks, "
+        f"coalesce(abs(z.{c}) < 1e15 AND round(z.{c} * 100) / 100 = z.{c}, false) AS {c}_exact"
+        for c in GROUP_FLOATS)
+    columns = ", ".join(["key", "ts", "flags", "slots", *GROUP_FLOATS,
+                         *(f"{c}_raw" for c in GROUP_FLOATS), *GROUP_INTS,
+                         "oldest_start_time"])
+    return f"""
+INSERT INTO process_group_history ({columns})
+SELECT x.key, $1, ({flags})::integer, array_agg(x.slot - x.prev_slot ORDER BY x.ts),
+       {", ".join(arrays)}
+FROM (
+    SELECT y.*, coalesce(lag(y.slot) OVER w, 0) AS prev_slot, {lags}
+    FROM (
+        SELECT z.*, dense_rank() OVER (PARTITION BY z.server_id ORDER BY z.ts) AS slot, {ticks}
+        FROM (SELECT DISTINCT ON (t.key, t.ts) t.*, g.server_id
+              FROM {_GROUP_STAGE} t JOIN process_groups g ON g.key = t.key
+              ORDER BY t.key, t.ts) z
+    ) y
+    WINDOW w AS (PARTITION BY y.key ORDER BY y.ts)
+) x
+GROUP BY x.key
+"""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """The tables of one kind of series (OS processes or process_exporter groups)."""
+
+    name: str
+    hot: str
+    identities: str
+    history: str
+    clock: str
+    decode: str
+    stage: str
+    encode: str
+    lock_class: int
+
+
+PROCESSES = Kind("processes", "process_points", "process_identities", "process_history",
+                 "history_clock", "process_history_points", _STAGE, _ENCODE, LOCK_CLASS)
+GROUPS = Kind("groups", "process_group_points", "process_groups", "process_group_history",
+              "group_history_clock", "process_group_history_points", _GROUP_STAGE,
+              _group_encode_sql(), LOCK_CLASS + 1)
+KINDS = (PROCESSES, GROUPS)
+
+
 class CompactionError(ProcfleetError):
     """An hour cannot be compacted without losing data (carries the hour)."""
 
@@ -100,6 +178,7 @@ class CompactionReport:
     """What one upkeep run did."""
 
     hours: list[datetime] = field(default_factory=list)
+    group_hours: list[datetime] = field(default_factory=list)
     skipped_hours: list[datetime] = field(default_factory=list)
     samples: int = 0
     merged_samples: int = 0
@@ -108,7 +187,8 @@ class CompactionReport:
     duration_ms: float = 0.0
 
     def as_kv(self) -> dict[str, Any]:
-        return {"hours": len(self.hours), "skipped_hours": len(self.skipped_hours),
+        return {"hours": len(self.hours), "group_hours": len(self.group_hours),
+                "skipped_hours": len(self.skipped_hours),
                 "samples": self.samples, "merged_samples": self.merged_samples,
                 "series": self.series, "truncated": len(self.truncated),
                 "duration_ms": round(self.duration_ms, 1)}
@@ -118,65 +198,69 @@ def floor_hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-async def hours_to_compact(conn: asyncpg.Connection, before: datetime) -> list[datetime]:
+async def hours_to_compact(conn: asyncpg.Connection, before: datetime,
+                           kind: Kind = PROCESSES) -> list[datetime]:
     """Hours that end at or before ``before`` and still have hot rows, oldest first."""
     rows = await conn.fetch(
-        "SELECT DISTINCT date_trunc('hour', ts) AS hour FROM process_points "
-        "WHERE ts < $1 ORDER BY 1", floor_hour(before))
+        f"SELECT DISTINCT date_trunc('hour', ts) AS hour FROM {kind.hot} "
+        f"WHERE ts < $1 ORDER BY 1", floor_hour(before))
     return [row["hour"] for row in rows]
 
 
-async def compact_hour(conn: asyncpg.Connection, hour: datetime) -> tuple[int, int, int] | None:
+async def compact_hour(conn: asyncpg.Connection, hour: datetime,
+                       kind: Kind = PROCESSES) -> tuple[int, int, int] | None:
     """Compact ``hour`` (its hot rows plus what it already has compacted for their servers).
     Returns (hot samples, samples merged from the existing compacted rows, series), or None
     when another worker holds the hour."""
     end = hour + HOUR
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE process_points) "
+    stage, ids = kind.stage, kind.identities
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {kind.hot}) "
                        f"ON COMMIT DELETE ROWS")
     async with conn.transaction():
         hour_number = int(hour.timestamp()) // 3600
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)",
-                                   LOCK_CLASS, hour_number):
+                                   kind.lock_class, hour_number):
             return None
         status = await conn.execute(
-            f"WITH hot AS (DELETE FROM process_points WHERE ts >= $1 AND ts < $2 RETURNING *) "
-            f"INSERT INTO {_STAGE} SELECT * FROM hot", hour, end)
+            f"WITH hot AS (DELETE FROM {kind.hot} WHERE ts >= $1 AND ts < $2 RETURNING *) "
+            f"INSERT INTO {stage} SELECT * FROM hot", hour, end)
         hot = int(status.rsplit(" ", 1)[1])
         if hot == 0:
             return 0, 0, 0
         orphans = await conn.fetchval(
-            f"SELECT count(*) FROM {_STAGE} t WHERE NOT EXISTS "
-            f"(SELECT 1 FROM process_identities i WHERE i.key = t.key)")
+            f"SELECT count(*) FROM {stage} t WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {ids} i WHERE i.key = t.key)")
         if orphans:
-            raise CompactionError(hour, f"{orphans} samples have no identity row")
+            raise CompactionError(hour, f"{orphans} {kind.name} samples have no identity row")
         servers = await conn.fetchval(
-            f"SELECT array_agg(DISTINCT i.server_id) FROM {_STAGE} t "
-            f"JOIN process_identities i ON i.key = t.key")
+            f"SELECT array_agg(DISTINCT i.server_id) FROM {stage} t "
+            f"JOIN {ids} i ON i.key = t.key")
         status = await conn.execute(
-            f"INSERT INTO {_STAGE} SELECT * FROM process_history_points($1, $2, $3) h "
+            f"INSERT INTO {stage} SELECT * FROM {kind.decode}($1, $2, $3) h "
             f"WHERE h.ts >= $1 AND h.ts < $2", hour, end, servers)
         merged = int(status.rsplit(" ", 1)[1])
         if merged:
             await conn.execute(
-                "DELETE FROM process_history h USING process_identities i "
-                "WHERE h.ts = $1 AND i.key = h.key AND i.server_id = ANY($2)", hour, servers)
-            await conn.execute("DELETE FROM history_clock WHERE ts = $1 AND server_id = ANY($2)",
-                               hour, servers)
+                f"DELETE FROM {kind.history} h USING {ids} i "
+                f"WHERE h.ts = $1 AND i.key = h.key AND i.server_id = ANY($2)", hour, servers)
+            await conn.execute(
+                f"DELETE FROM {kind.clock} WHERE ts = $1 AND server_id = ANY($2)",
+                hour, servers)
         await conn.execute(
-            f"INSERT INTO history_clock (server_id, ts, stamps) "
+            f"INSERT INTO {kind.clock} (server_id, ts, stamps) "
             f"SELECT i.server_id, $1, array_agg(DISTINCT t.ts ORDER BY t.ts) "
-            f"FROM {_STAGE} t JOIN process_identities i ON i.key = t.key GROUP BY i.server_id",
-            hour)
-        status = await conn.execute(_ENCODE, hour)
+            f"FROM {stage} t JOIN {ids} i ON i.key = t.key GROUP BY i.server_id", hour)
+        status = await conn.execute(kind.encode, hour)
         series = int(status.rsplit(" ", 1)[1])
     return hot, merged, series
 
 
-async def truncate_compacted_days(conn: asyncpg.Connection, before: datetime) -> list[str]:
-    """TRUNCATE the ``process_points`` day partitions that end at or before ``before`` and
-    hold no row any more (checked under an exclusive lock, so no late row is lost)."""
+async def truncate_compacted_days(conn: asyncpg.Connection, before: datetime,
+                                  kind: Kind = PROCESSES) -> list[str]:
+    """TRUNCATE the hot day partitions that end at or before ``before`` and hold no row any
+    more (checked under an exclusive lock, so no late row is lost)."""
     truncated = []
-    for day, name in sorted((await partitions.daily_partitions(conn, "process_points")).items()):
+    for day, name in sorted((await partitions.daily_partitions(conn, kind.hot)).items()):
         day_end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
         if day_end > before:
             continue
@@ -203,20 +287,26 @@ async def run_storage_upkeep(conn: asyncpg.Connection, *, now: datetime | None =
     now = now or await conn.fetchval("SELECT now()")
     before = now - older_than
     report = CompactionReport()
-    for hour in await hours_to_compact(conn, before):
-        done = await compact_hour(conn, hour)
-        if done is None or done[0] == 0:  # another worker holds it, or has just done it
-            report.skipped_hours.append(hour)
-            continue
-        report.hours.append(hour)
-        report.samples += done[0]
-        report.merged_samples += done[1]
-        report.series += done[2]
-    report.truncated = await truncate_compacted_days(conn, floor_hour(before))
-    if vacuum and report.hours:
-        await conn.execute("VACUUM process_points")
+    for kind in KINDS:
+        compacted = False
+        for hour in await hours_to_compact(conn, before, kind):
+            done = await compact_hour(conn, hour, kind)
+            if done is None or done[0] == 0:  # another worker holds it, or has just done it
+                report.skipped_hours.append(hour)
+                continue
+            compacted = True
+            if kind is PROCESSES:
+                report.hours.append(hour)
+            else:
+                report.group_hours.append(hour)
+            report.samples += done[0]
+            report.merged_samples += done[1]
+            report.series += done[2]
+        report.truncated += await truncate_compacted_days(conn, floor_hour(before), kind)
+        if vacuum and compacted:
+            await conn.execute(f"VACUUM {kind.hot}")
     report.duration_ms = (time.monotonic() - started_s) * 1000
-    if report.hours or report.truncated:
+    if report.hours or report.group_hours or report.truncated:
         log.info("compaction", extra={"kv": report.as_kv()})
     return report
 

@@ -38,10 +38,11 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 DAILY_TABLES = ("process_points", "process_group_points", "snapshots", "process_history",
-                "history_clock")
+                "history_clock", "process_group_history", "group_history_clock")
 # Storage parameters a new day partition gets (LIKE does not copy them): compacted history
 # rows of a few hundred bytes are compressed too (migrations/0004).
-STORAGE_PARAMETERS = {"process_history": "toast_tuple_target = 128"}
+STORAGE_PARAMETERS = {"process_history": "toast_tuple_target = 128",
+                      "process_group_history": "toast_tuple_target = 128"}
 UPKEEP_LOCK_KEY = 0x70726F63757063  # "procupc"
 LOCK_TIMEOUT = "5s"
 

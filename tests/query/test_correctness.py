@@ -46,14 +46,15 @@ async def check_all_paths(db, samples: list[dict], source: str, start, end, **op
                        metric=options.get("metric", "cpu"), limit=options.get("limit", 10),
                        server_ids=options.get("server_ids"))
     raw = await top_processes(db, params, path="raw")
-    if source == "processes":
-        # Compact every hour (nothing hot is left): the raw path reads the compacted history
-        # and must give the same numbers, and the rollups below are built from it.
-        report = await run_storage_upkeep(db, now=end + timedelta(days=1),
-                                          older_than=timedelta(0))
-        assert report.hours and await db.fetchval("SELECT count(*) FROM process_points") == 0
-        compacted = await top_processes(db, params, path="raw")
-        assert compacted.processes == raw.processes
+    # Compact every hour (nothing hot is left): the raw path reads the compacted history and
+    # must give the same numbers, and the rollups below are built from it.
+    await run_storage_upkeep(db, now=end + timedelta(days=1), older_than=timedelta(0))
+    hot, history = (("process_points", "process_history") if source == "processes"
+                    else ("process_group_points", "process_group_history"))
+    assert await db.fetchval(f"SELECT count(*) FROM {hot}") == 0
+    assert await db.fetchval(f"SELECT count(*) FROM {history}") > 0
+    compacted = await top_processes(db, params, path="raw")
+    assert compacted.processes == raw.processes
     await refresh_rollups(db, now=end + timedelta(hours=1, minutes=2), retention_days=2,
                           max_chunks=200)
     rolled = await top_processes(db, params, path="rollup")

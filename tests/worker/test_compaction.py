@@ -54,6 +54,33 @@ def fleet_messages(start: datetime, minutes: int, jitter_us: int = 1) -> list[tu
     return out
 
 
+GROUPS_ALL = ("SELECT server_id, ts, name, num_procs, cpu_user_seconds_total::text, "
+              "cpu_system_seconds_total::text, memory_resident_bytes, memory_virtual_bytes, "
+              "memory_swapped_bytes, num_threads, open_fds, read_bytes_total, "
+              "write_bytes_total, major_page_faults_total, minor_page_faults_total, "
+              "context_switches_voluntary_total, context_switches_nonvoluntary_total, "
+              "oldest_start_time FROM process_group_samples ORDER BY server_id, name, ts")
+
+
+def group_messages(start: datetime, minutes: int) -> list[tuple]:
+    """Group scrapes: tick counters, a counter off the tick grid, NULL columns, a counter
+    reset, an int column going down."""
+    out = []
+    t0 = start.timestamp()
+    for i in range(minutes * 4):
+        ts = t0 + i * 15 + (i * 31 % 17) / 1000
+        for server in SERVERS[:2]:
+            out.append(("g", (server, ts, "nginx", 1 + i % 3, 10.0 + 0.01 * i,
+                              (2.5 + 0.02 * i) if i != 30 else 0.01, 2**31 + 4096 * (i % 5),
+                              None if i % 7 == 0 else 2**40, 0, 4 + i % 2, 12 - i % 3,
+                              10**12 + 512 * i, 10**9 + i * i, 3, 10**6 + i, 7 * i, i,
+                              t0 - 86400)))
+            out.append(("g", (server, ts, "postgres", 5, 1e-7 * i + 123.456789, 1.0,
+                              10**9, None, None, None, None, None, None, None, None, None,
+                              None, None)))
+    return out
+
+
 @pytest.fixture
 async def conn(migrated_database):
     connection = await asyncpg.connect(migrated_database)
@@ -178,3 +205,25 @@ def test_procfleet_compact_refuses_a_bad_age_and_changes_nothing():
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "invalid age '2x'" in done.stderr
+
+
+async def test_compacted_group_hours_give_back_every_scrape_exactly(conn):
+    messages = group_messages(START, 4 * 60)
+    await write(conn, messages)
+    before = [tuple(r) for r in await conn.fetch(GROUPS_ALL)]
+    assert len(before) == len(messages)
+
+    report = await run_storage_upkeep(conn, now=NOW)
+
+    assert len(report.group_hours) == 3
+    assert await conn.fetchval("SELECT count(*) FROM process_group_history") == 12  # 2x2x3
+    assert await conn.fetchval("SELECT min(ts) FROM process_group_points") >= (
+        START + timedelta(hours=3))
+    assert [tuple(r) for r in await conn.fetch(GROUPS_ALL)] == before
+    # a redelivered scrape of a compacted hour lands once
+    await write(conn, messages[100:110])
+    assert [tuple(r) for r in await conn.fetch(GROUPS_ALL)] == before
+    await run_storage_upkeep(conn, now=NOW)
+    assert await conn.fetchval("SELECT count(*) FROM process_group_points WHERE ts < $1",
+                               START + timedelta(hours=3)) == 0
+    assert [tuple(r) for r in await conn.fetch(GROUPS_ALL)] == before
