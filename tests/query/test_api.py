@@ -15,6 +15,7 @@ from query_seed import (
     steady_process,
 )
 
+from digest_worker.compaction import run_storage_upkeep
 from digest_worker.rollup import refresh_rollups
 from procfleet.embedded import free_port
 
@@ -207,6 +208,19 @@ async def test_host_snapshot_is_the_latest_collection_sorted(query_gateway, seed
     unknown = await query_gateway.get("/api/servers/nope/processes")
     assert unknown.status == 404
     assert (await unknown.json())["error"]["field"] == "server_id"
+
+
+async def test_host_snapshot_reads_a_compacted_last_collection(query_gateway, seeded, db):
+    path = "/api/servers/web-01/processes"
+    hot = await query_gateway.get_json(path, {"sort": "pid"})
+    groups_hot = await query_gateway.get_json(path, {"source": "groups", "sort": "name"})
+    await run_storage_upkeep(db, now=seeded + timedelta(days=1), older_than=timedelta(0))
+    assert await db.fetchval("SELECT count(*) FROM process_points") == 0
+    assert await db.fetchval("SELECT count(*) FROM process_group_points") == 0
+
+    assert await query_gateway.get_json(path, {"sort": "pid"}) == hot
+    assert await query_gateway.get_json(path, {"source": "groups", "sort": "name"}) == groups_hot
+    assert hot["processes"][1]["cpu_percent"] == pytest.approx(30.0)
 
 
 async def test_series_has_one_point_per_step(query_gateway, seeded):
