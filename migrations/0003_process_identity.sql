@@ -186,7 +186,10 @@ SELECT g.server_id, p.ts, g.name, p.num_procs, p.cpu_user_seconds_total,
 FROM process_group_points p JOIN process_groups g ON g.key = p.key;
 
 -- Old-style inserts into the views (tests, tools). A duplicate (key, ts) raises a unique
--- violation, as the old tables did.
+-- violation, as the old tables did. The identity's first_seen / last_seen move only by steps
+-- of more than 10 minutes on this path: a bulk insert of days of samples in one statement
+-- would otherwise update the same identity row once per sample inside one transaction, whose
+-- row versions cannot be pruned (quadratic). The digest writer keeps them within a minute.
 CREATE FUNCTION process_samples_insert() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -208,7 +211,9 @@ BEGIN
         command = CASE WHEN EXCLUDED.last_seen >= i.last_seen THEN EXCLUDED.command
                        ELSE i.command END
     WHERE i.server_id = EXCLUDED.server_id AND i.pid = EXCLUDED.pid
-      AND i.start_time = EXCLUDED.start_time;
+      AND i.start_time = EXCLUDED.start_time
+      AND (EXCLUDED.first_seen < i.first_seen - interval '10 minutes'
+           OR EXCLUDED.last_seen > i.last_seen + interval '10 minutes');
     INSERT INTO process_points (key, ts, cpu_seconds_total, rss_bytes, vsz_bytes, cpu_percent,
                                 memory_percent, state)
     VALUES (k, NEW.ts, NEW.cpu_seconds_total, NEW.rss_bytes, NEW.vsz_bytes, NEW.cpu_percent,
@@ -227,7 +232,9 @@ BEGIN
     ON CONFLICT (key) DO UPDATE SET
         first_seen = least(g.first_seen, EXCLUDED.first_seen),
         last_seen = greatest(g.last_seen, EXCLUDED.last_seen)
-    WHERE g.server_id = EXCLUDED.server_id AND g.name = EXCLUDED.name;
+    WHERE g.server_id = EXCLUDED.server_id AND g.name = EXCLUDED.name
+      AND (EXCLUDED.first_seen < g.first_seen - interval '10 minutes'
+           OR EXCLUDED.last_seen > g.last_seen + interval '10 minutes');
     INSERT INTO process_group_points
     VALUES (k, NEW.ts, NEW.cpu_user_seconds_total, NEW.cpu_system_seconds_total,
             NEW.memory_resident_bytes, NEW.memory_virtual_bytes, NEW.memory_swapped_bytes,
