@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from digest_worker import identity as _identity
 from digest_worker.identity import KeyCollisionError, group_key, process_key, same_start
 from digest_worker.timestamps import UNKNOWN_START_TIME
 from ingest_gateway import stream
@@ -124,22 +125,26 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
 
 
 def _add_process(out: TableRows, points: list, row: Sequence[Any]) -> None:
-    (server_id, ts, pid, start, ppid, user, name, command, state, cpu, cpu_percent,
-     memory_percent, rss, vsz, tty, session_name, session_id) = row
+    # Hot path (every process sample): index the row, no unpacking, memoised key first.
+    if len(row) != 17:  # the stream decoder checks it; a short row must not be an IndexError
+        raise ValueError(f"a process row has 17 columns, got {len(row)}")
+    server_id, ts, pid, start = row[0], row[1], row[2], row[3]
     if start is None:
         start = UNKNOWN_START_TIME
-    key = process_key(server_id, pid, start)
-    points.append((key, ts, cpu, rss, vsz, cpu_percent, memory_percent, state))
+    key = _identity._process_keys.get((server_id, pid, start))
+    if key is None:
+        key = process_key(server_id, pid, start)
+    points.append((key, ts, row[9], row[12], row[13], row[10], row[11], row[8]))
     identity = out.identities.get(key)
     if identity is None:
-        out.identities[key] = [key, server_id, pid, start, ppid, session_id, ts, ts, user, name,
-                               command, tty, session_name]
+        out.identities[key] = [key, server_id, pid, start, row[4], row[16], ts, ts, row[5],
+                               row[6], row[7], row[14], row[15]]
         return
     if identity[1] != server_id or identity[2] != pid or not same_start(identity[3], start):
         raise KeyCollisionError(key, (server_id, pid, start))
     if ts > identity[7]:  # the newest sample's values win
-        identity[4:6] = ppid, session_id
-        identity[7:] = ts, user, name, command, tty, session_name
+        identity[4:6] = row[4], row[16]
+        identity[7:] = ts, row[5], row[6], row[7], row[14], row[15]
     elif ts < identity[6]:
         identity[6] = ts
 

@@ -122,15 +122,16 @@ async def test_identities_are_written_once_then_refreshed_at_most_every_refresh_
     await writer.commit(conn, steady_report(TS))
     assert writer.identities.written == 12  # 10 processes + 2 groups
     await writer.commit(conn, steady_report(TS + 15))
-    assert writer.identities.written == 12  # nothing new: no identity written
     await writer.commit(conn, steady_report(TS + 45))
-    assert writer.identities.written == 24  # 45 s > REFRESH_S after the written last_seen
+    assert writer.identities.written == 12  # within REFRESH_S: no identity written
+    await writer.commit(conn, steady_report(TS + 60))
+    assert writer.identities.written == 24  # 60 s > REFRESH_S after the written last_seen
 
     seen = await conn.fetch("SELECT first_seen, last_seen FROM process_identities")
     assert len(seen) == 10
     assert {(r["first_seen"].timestamp(), r["last_seen"].timestamp()) for r in seen} == {
-        (TS, TS + 45)}
-    assert await conn.fetchval("SELECT count(*) FROM process_samples") == 30
+        (TS, TS + 60)}
+    assert await conn.fetchval("SELECT count(*) FROM process_samples") == 40
     # a late sample older than first_seen is written through at once
     await writer.commit(conn, steady_report(TS - 15))
     assert await conn.fetchval(
