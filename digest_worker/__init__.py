@@ -4,13 +4,15 @@
     redis_client.py  RESP2 clients (hiredis packing, raw stream replies), the shard count
     streams.py     the consumer side of the stream contract (group, reads, claims, acks)
     batch.py       a batch in hand: entries, decoded messages, entries set aside
-    rows.py        decoded messages → table rows
+    rows.py        decoded messages → table rows (points keyed by identity, identities)
+    identity.py    identity keys (64-bit hash) and identities written once per batch
     timestamps.py  the epoch-seconds timestamptz codec of the worker's connections
     writer.py      one batch → one transaction (COPY / staging / unnest), poison isolation
     worker.py      the pipeline: read → write → settle, retries, shutdown
     partitions.py  daily partitions: ahead of time, default-partition rescue, retention
     monitor.py     run totals, batch metrics, the periodic summary line, per-shard gauges
     rollup.py      per-minute / per-hour rollups for the query side (its own owner)
+    compaction.py  storage upkeep: closed hours → compacted history, hot partitions emptied
     metrics.py     Prometheus metrics and /metrics
     supervisor.py  N worker processes on one host
 
