@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     except ProcfleetError as exc:
         print(f"procfleet compact: {exc}", file=sys.stderr)
         return 2
-    older_than = args.older_than or timedelta(hours=settings.hot_window_h)
+    older_than = (args.older_than if args.older_than is not None
+                  else timedelta(hours=settings.hot_window_h))
 
     async def once():
         conn = await asyncpg.connect(settings.database_url)

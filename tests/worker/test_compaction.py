@@ -227,3 +227,47 @@ async def test_compacted_group_hours_give_back_every_scrape_exactly(conn):
     assert await conn.fetchval("SELECT count(*) FROM process_group_points WHERE ts < $1",
                                START + timedelta(hours=3)) == 0
     assert [tuple(r) for r in await conn.fetch(GROUPS_ALL)] == before
+
+
+async def test_procfleet_compact_killed_with_sigkill_midway_loses_nothing(conn,
+                                                                        migrated_database):
+    await write(conn, fleet_messages(START, 2 * 60))
+    before = [tuple(r) for r in await conn.fetch(ALL)]
+    blocker = await asyncpg.connect(migrated_database)
+    try:
+        await blocker.execute("BEGIN; LOCK TABLE history_clock IN ACCESS EXCLUSIVE MODE")
+        child = subprocess.Popen(
+            [sys.executable, "-m", "procfleet", "compact", "--older-than", "0s",
+             "--database-url", migrated_database], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+        try:
+            waiting = False
+            for _ in range(600):  # the child has taken the hour's hot rows out and waits
+                waiting = await conn.fetchval(
+                    "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()")
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting, child.communicate(timeout=5)[0] if child.poll() is not None else ""
+            child.kill()  # SIGKILL: no cleanup in the client
+            assert child.wait(timeout=30) == -9
+        finally:
+            if child.poll() is None:
+                child.kill()
+        await blocker.execute("ROLLBACK")
+    finally:
+        await blocker.close()
+    # The server aborts the dead client's transaction: poll until its backend is gone.
+    for _ in range(600):
+        if not await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state <> 'idle'"):
+            break
+        await asyncio.sleep(0.05)
+    assert [tuple(r) for r in await conn.fetch(ALL)] == before
+
+    report = await run_storage_upkeep(conn, now=NOW)
+
+    assert len(report.hours) == 2
+    assert [tuple(r) for r in await conn.fetch(ALL)] == before
