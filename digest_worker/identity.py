@@ -135,6 +135,12 @@ class IdentityWriter:
         self._groups: dict[int, tuple] = {}
         self.written = 0
 
+    @property
+    def known_processes(self) -> dict[int, tuple]:
+        """key -> (first_seen, last_seen, (server_id, pid, start_time)) written and committed;
+        build_rows skips a sample inside that window (read only)."""
+        return self._processes
+
     def _due(self, seen: dict[int, tuple], rows: dict[int, list], first: int,
              last: int) -> list[list]:
         due = []

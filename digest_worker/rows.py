@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from digest_worker import identity as _identity
-from digest_worker.identity import KeyCollisionError, group_key, process_key, same_start
+from digest_worker.identity import (
+    IdentityWriter,
+    KeyCollisionError,
+    group_key,
+    process_key,
+    same_start,
+)
 from digest_worker.timestamps import UNKNOWN_START_TIME
 from ingest_gateway import stream
 
@@ -85,9 +91,14 @@ class TableRows:
         return rows
 
 
-def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
+def build_rows(messages: list[tuple[str, Sequence[Any]]],
+               identities: IdentityWriter | None = None) -> TableRows:
     """Table rows of decoded ``messages``. Raises ``TypeError`` on a value that cannot be a
-    row here; the database rejects the others (the writer isolates the message either way)."""
+    row here; the database rejects the others (the writer isolates the message either way).
+    With ``identities`` (the writer's), a sample whose identity that writer has written and
+    committed within its refresh window adds no identity row: most samples, in steady state."""
+    known = identities.known_processes if identities is not None else {}
+    refresh_s = identities.refresh_s if identities is not None else 0.0
     out = TableRows()
     tables = out.tables
     by_kind = {kind: tables[table] for kind, table in TABLE_OF_KIND.items()}
@@ -98,7 +109,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
         if type(ts) is not float and type(ts) is not int:
             raise TypeError(f"ts must be epoch seconds, got {ts!r}")
         if kind == "p":
-            _add_process(out, by_kind["p"], row)
+            _add_process(out, by_kind["p"], row, known, refresh_s)
         elif kind == "g":
             _add_group(out, by_kind["g"], row)
         elif kind == "h":
@@ -124,17 +135,23 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]]) -> TableRows:
     return out
 
 
-def _add_process(out: TableRows, points: list, row: Sequence[Any]) -> None:
+def _add_process(out: TableRows, points: list, row: Sequence[Any], known: dict,
+                 refresh_s: float) -> None:
     # Hot path (every process sample): index the row, no unpacking, memoised key first.
     if len(row) != 17:  # the stream decoder checks it; a short row must not be an IndexError
         raise ValueError(f"a process row has 17 columns, got {len(row)}")
     server_id, ts, pid, start = row[0], row[1], row[2], row[3]
     if start is None:
         start = UNKNOWN_START_TIME
-    key = _identity._process_keys.get((server_id, pid, start))
+    memo = (server_id, pid, start)
+    key = _identity._process_keys.get(memo)
     if key is None:
         key = process_key(server_id, pid, start)
     points.append((key, ts, row[9], row[12], row[13], row[10], row[11], row[8]))
+    written = known.get(key)  # (first_seen, last_seen, identity) as committed by this worker
+    if written is not None and written[0] <= ts <= written[1] + refresh_s and (
+            written[2] == memo):
+        return
     identity = out.identities.get(key)
     if identity is None:
         out.identities[key] = [key, server_id, pid, start, row[4], row[16], ts, ts, row[5],

@@ -141,7 +141,7 @@ class BatchWriter:
         error is raised with nothing committed."""
         method = self._method_for_next_batch()
         try:
-            rows = build_rows(messages)
+            rows = build_rows(messages, self.identities)
             try:
                 async with conn.transaction():
                     result = await self._write(conn, rows, method)

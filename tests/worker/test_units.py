@@ -300,3 +300,29 @@ def test_a_worker_process_collects_on_a_timer_and_never_walks_its_start_up_objec
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_samples_of_identities_written_within_the_refresh_window_add_no_identity_row():
+    from digest_worker.identity import IdentityWriter
+    writer = IdentityWriter(refresh_s=45.0)
+    first = build_rows([process(ts=100.0)], writer)
+    writer.remember(first.identities, first.groups)  # as after COMMIT
+    assert build_rows([process(ts=140.0)], writer).identities == {}
+    due = build_rows([process(ts=150.0)], writer)  # > last_seen + refresh_s
+    assert [row[7] for row in due.identities.values()] == [150.0]
+    older = build_rows([process(ts=90.0)], writer)  # before first_seen
+    assert [row[6] for row in older.identities.values()] == [90.0]
+    # without the writer (poison isolation), every identity is there
+    assert len(build_rows([process(ts=140.0)]).identities) == 1
+
+
+def test_a_known_key_with_another_identity_is_not_skipped(monkeypatch):
+    from digest_worker import identity
+    from digest_worker.identity import IdentityWriter
+    writer = IdentityWriter()
+    first = build_rows([process(pid=1)], writer)
+    writer.remember(first.identities, first.groups)
+    [key] = first.identities
+    monkeypatch.setitem(identity._process_keys, ("s", 2, 50.0), key)  # forged collision
+    rows = build_rows([process(pid=2)], writer)
+    assert list(rows.identities) == [key] and rows.identities[key][2] == 2
