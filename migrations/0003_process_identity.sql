@@ -251,18 +251,30 @@ CREATE TRIGGER process_samples_insert INSTEAD OF INSERT ON process_samples
 CREATE TRIGGER process_group_samples_insert INSTEAD OF INSERT ON process_group_samples
     FOR EACH ROW EXECUTE FUNCTION process_group_samples_insert();
 
--- The points of [p_from, p_to): the one place the rollup functions read samples from (the
--- compacted history of a later migration joins here).
-CREATE FUNCTION process_points_between(p_from timestamptz, p_to timestamptz)
+-- The points of [p_from, p_to) of the servers p_server_ids (NULL: all): the one place the
+-- rollup functions read samples from (the compacted history of a later migration joins
+-- here). A server filter goes through the identities first, so that one server's window
+-- reads that server's series only; an identity's last_seen may lag its newest sample (up to
+-- ~1 minute from the writer, 10 minutes through the views' insert trigger): 15 minutes of
+-- margin.
+CREATE FUNCTION process_points_between(p_from timestamptz, p_to timestamptz,
+                                       p_server_ids text[] DEFAULT NULL)
 RETURNS SETOF process_points
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT * FROM process_points WHERE ts >= p_from AND ts < p_to
+      AND (p_server_ids IS NULL OR key IN (SELECT i.key FROM process_identities i
+                                           WHERE i.server_id = ANY (p_server_ids)
+                                             AND i.last_seen >= p_from - interval '15 minutes'))
 $$;
 
-CREATE FUNCTION process_group_points_between(p_from timestamptz, p_to timestamptz)
+CREATE FUNCTION process_group_points_between(p_from timestamptz, p_to timestamptz,
+                                             p_server_ids text[] DEFAULT NULL)
 RETURNS SETOF process_group_points
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT * FROM process_group_points WHERE ts >= p_from AND ts < p_to
+      AND (p_server_ids IS NULL OR key IN (SELECT g.key FROM process_groups g
+                                           WHERE g.server_id = ANY (p_server_ids)
+                                             AND g.last_seen >= p_from - interval '15 minutes'))
 $$;
 
 -- The minute-cell functions of 0002, same model and output, reading the new tables: a
@@ -279,7 +291,8 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                s.cpu_user_seconds_total + s.cpu_system_seconds_total AS cpu,
                LAG(s.ts) OVER w AS prev_ts,
                LAG(s.cpu_user_seconds_total + s.cpu_system_seconds_total) OVER w AS prev_cpu
-        FROM process_group_points_between(p_from - rollup_max_rate_gap(), p_to) s
+        FROM process_group_points_between(p_from - rollup_max_rate_gap(), p_to,
+                                          p_server_ids) s
         JOIN process_groups g ON g.key = s.key
         WHERE p_server_ids IS NULL OR g.server_id = ANY (p_server_ids)
         WINDOW w AS (PARTITION BY s.key ORDER BY s.ts)
@@ -319,7 +332,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                s.cpu_seconds_total AS cpu,
                LAG(s.ts) OVER w AS prev_ts,
                LAG(s.cpu_seconds_total) OVER w AS prev_cpu
-        FROM process_points_between(p_from - rollup_max_rate_gap(), p_to) s
+        FROM process_points_between(p_from - rollup_max_rate_gap(), p_to, p_server_ids) s
         JOIN process_identities i ON i.key = s.key
         WHERE p_server_ids IS NULL OR i.server_id = ANY (p_server_ids)
         WINDOW w AS (PARTITION BY s.key ORDER BY s.ts)

@@ -105,12 +105,16 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 -- Hot and compacted points of [p_from, p_to), one per (key, ts).
-CREATE OR REPLACE FUNCTION process_points_between(p_from timestamptz, p_to timestamptz)
+CREATE OR REPLACE FUNCTION process_points_between(p_from timestamptz, p_to timestamptz,
+        p_server_ids text[] DEFAULT NULL)
 RETURNS SETOF process_points
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT * FROM process_points WHERE ts >= p_from AND ts < p_to
+      AND (p_server_ids IS NULL OR key IN (SELECT i.key FROM process_identities i
+                                           WHERE i.server_id = ANY (p_server_ids)
+                                             AND i.last_seen >= p_from - interval '15 minutes'))
     UNION ALL
-    SELECT h.* FROM process_history_points(p_from, p_to, NULL) h
+    SELECT h.* FROM process_history_points(p_from, p_to, p_server_ids) h
     WHERE h.ts >= p_from AND h.ts < p_to
       AND NOT EXISTS (SELECT 1 FROM process_points p
                       WHERE p.key = h.key AND p.ts = h.ts AND p.ts >= p_from AND p.ts < p_to)

@@ -220,3 +220,18 @@ async def test_memory_metric_ranks_by_average_memory(db):
     top = await check_all_paths(db, samples, "groups", base, base + timedelta(hours=1),
                                 metric="memory", limit=1)
     assert [p["name"] for p in top] == ["big-idle"]
+
+
+async def test_a_server_filter_finds_series_whose_identity_last_seen_lags(db):
+    base = base_time()
+    samples = (steady_process("web-01", "nginx", 10, base - timedelta(minutes=5), 70, cores=0.5)
+               + steady_process("web-02", "nginx", 10, base - timedelta(minutes=5), 70,
+                                cores=1.0))
+    await insert_processes(db, samples)
+    # The writer refreshes last_seen every ~45 s, the views' insert path every 10 minutes:
+    # make every identity lag its newest sample by 9 minutes.
+    await db.execute("UPDATE process_identities SET last_seen = last_seen - interval '9 min'")
+    start = base + timedelta(minutes=55)
+    top = await check_all_paths(db, samples, "processes", start, start + timedelta(minutes=5),
+                                server_ids=("web-02",))
+    assert by_name(top)["nginx"]["avg_cpu_percent"] == near(100.0)
