@@ -1,7 +1,7 @@
 """Top-processes query: the rollup path and the raw LAG path side by side.
 
     python bench/bench_query.py [--servers 100] [--groups 100] [--days 7] [--interval-s 15]
-                                [--runs 20] [--raw-runs 5] [--quick]
+                                [--runs 20] [--raw-runs 5] [--quick] [--compact]
 
 The fleet: ``--servers`` x ``--groups`` process_exporter groups sampled every 15 s for
 ``--days`` days, plus ps processes (``--processes`` per host) on 10 servers. 100 x 100 at 15 s
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg  # noqa: E402
 
 from digest_worker import partitions  # noqa: E402
+from digest_worker.compaction import run_storage_upkeep  # noqa: E402
 from digest_worker.rollup import RollupJob, rebuild_fleet  # noqa: E402
 from ingest_gateway.query.database import SERVER_SETTINGS, STATEMENT_TIMEOUT_MS  # noqa: E402
 from ingest_gateway.query.params import TimeRange, TopParams  # noqa: E402
@@ -53,31 +54,55 @@ from procfleet.embedded import EmbeddedPostgres  # noqa: E402
 WINDOWS_H = (1, 24, 168)
 PROCESS_NAMES = 40
 
+# Straight into the identity and point tables (migrations/0003); the process_*_samples views
+# take inserts too, but one row at a time.
 GROUPS_SQL = """
-INSERT INTO process_group_samples (server_id, ts, name, num_procs, cpu_user_seconds_total,
-    cpu_system_seconds_total, memory_resident_bytes)
-SELECT 'srv-' || lpad(s::text, 3, '0'), t, 'group-' || lpad(g::text, 3, '0'), 1 + g % 7,
-       0.8 * c.cpu, 0.2 * c.cpu, ((20 + (g * 37) % 900) * (1 + s % 5 * 0.1) * 1048576)::bigint
+WITH samples AS MATERIALIZED (
+SELECT 'srv-' || lpad(s::text, 3, '0') AS server_id, t AS ts,
+       'group-' || lpad(g::text, 3, '0') AS name, 1 + g % 7 AS num_procs,
+       0.8 * c.cpu AS cpu_user, 0.2 * c.cpu AS cpu_system,
+       ((20 + (g * 37) % 900) * (1 + s % 5 * 0.1) * 1048576)::bigint AS memory
 FROM generate_series($1::int, $2::int) s, generate_series(0, $3::int - 1) g,
      generate_series($4::timestamptz, $5::timestamptz - interval '1 microsecond',
                      make_interval(secs => $6)) t,
      -- cores of a group: a long tail (group-000 busiest), steady over time
      LATERAL (SELECT extract(epoch FROM t - $7::timestamptz)
                      * (2.0 / (1 + g * 0.35)) * (1 + s % 4 * 0.25) AS cpu) c
-ORDER BY t
+), series AS (
+    INSERT INTO process_groups AS x (key, server_id, first_seen, last_seen, name)
+    SELECT group_key(server_id, name), server_id, min(ts), max(ts), name
+    FROM samples GROUP BY server_id, name
+    ON CONFLICT (key) DO UPDATE SET first_seen = least(x.first_seen, EXCLUDED.first_seen),
+                                    last_seen = greatest(x.last_seen, EXCLUDED.last_seen)
+)
+INSERT INTO process_group_points (key, ts, num_procs, cpu_user_seconds_total,
+                                  cpu_system_seconds_total, memory_resident_bytes)
+SELECT group_key(server_id, name), ts, num_procs, cpu_user, cpu_system, memory
+FROM samples ORDER BY ts
 """
 
 PROCESSES_SQL = """
-INSERT INTO process_samples (server_id, ts, pid, start_time, name, command, cpu_seconds_total,
-    rss_bytes, username, state)
-SELECT 'srv-' || lpad(s::text, 3, '0'), t, 1000 + p, $7::timestamptz - make_interval(secs => p),
-       'proc-' || lpad((p % $8)::text, 2, '0'), '/usr/bin/proc --worker',
-       extract(epoch FROM t - $7::timestamptz) * (1.0 / (1 + p * 0.2)),
-       ((10 + p % 50) * 1048576)::bigint, 'app', 'S'
+WITH samples AS MATERIALIZED (
+SELECT 'srv-' || lpad(s::text, 3, '0') AS server_id, t AS ts, (1000 + p)::bigint AS pid,
+       $7::timestamptz - make_interval(secs => p) AS start_time,
+       'proc-' || lpad((p % $8)::text, 2, '0') AS name,
+       extract(epoch FROM t - $7::timestamptz) * (1.0 / (1 + p * 0.2)) AS cpu,
+       ((10 + p % 50) * 1048576)::bigint AS rss
 FROM generate_series($1::int, $2::int) s, generate_series(0, $3::int - 1) p,
      generate_series($4::timestamptz, $5::timestamptz - interval '1 microsecond',
                      make_interval(secs => $6)) t
-ORDER BY t
+), ids AS (
+    INSERT INTO process_identities AS x (key, server_id, pid, start_time, first_seen,
+                                         last_seen, username, name, command)
+    SELECT process_key(server_id, pid, start_time), server_id, pid, start_time, min(ts),
+           max(ts), 'app', name, '/usr/bin/proc --worker'
+    FROM samples GROUP BY server_id, pid, start_time, name
+    ON CONFLICT (key) DO UPDATE SET first_seen = least(x.first_seen, EXCLUDED.first_seen),
+                                    last_seen = greatest(x.last_seen, EXCLUDED.last_seen)
+)
+INSERT INTO process_points (key, ts, cpu_seconds_total, rss_bytes, state)
+SELECT process_key(server_id, pid, start_time), ts, cpu, rss, 'S'
+FROM samples ORDER BY ts
 """
 
 
@@ -112,8 +137,8 @@ async def seed(conn: asyncpg.Connection, args: argparse.Namespace, now: datetime
         "INSERT INTO servers (server_id, hostname, os_type, first_seen_at, last_seen_at) "
         "VALUES ($1, $1, 'linux', $2, $3)",
         [(f"srv-{s:03d}", origin, end) for s in range(args.servers)])
-    await conn.execute("VACUUM ANALYZE process_group_samples")
-    await conn.execute("VACUUM ANALYZE process_samples")
+    await conn.execute("VACUUM ANALYZE process_group_points")
+    await conn.execute("VACUUM ANALYZE process_points")
     return {"group_rows": rows, "process_rows": process_rows,
             "seed_s": time.perf_counter() - started}
 
@@ -190,6 +215,11 @@ async def run_bench(url: str, args: argparse.Namespace) -> None:
           f"({rolled / filled['job_s']:,.0f} rows/s); history copied in "
           f"{filled['copy_s']:.0f} s", flush=True)
     print("  rollup rows: " + ", ".join(f"{t} {n:,}" for t, n in filled["sizes"].items()))
+    if args.compact:  # the storage upkeep, as the workers run it (hot window 2 h)
+        started = time.perf_counter()
+        report = await run_storage_upkeep(conn, now=now, older_than=timedelta(hours=2))
+        print(f"  compaction: {report.as_kv()} in {time.perf_counter() - started:.0f} s",
+              flush=True)
     await conn.close()
     await measure_all(url, args)
 
@@ -266,6 +296,9 @@ def main() -> None:
     parser.add_argument("--max-raw-rows", type=float, default=5e6,
                         help="skip raw queries over more seeded rows than this")
     parser.add_argument("--quick", action="store_true", help="20 servers x 50 groups, 2 days")
+    parser.add_argument("--compact", action="store_true",
+                        help="run the storage upkeep (compaction, hot window 2 h) before "
+                             "measuring: raw queries read the compacted history")
     parser.add_argument("--keep", action="store_true",
                         help="keep the seeded database (with DATABASE_URL) for --reuse")
     parser.add_argument("--reuse", metavar="URL", default=None,

@@ -48,7 +48,12 @@ import asyncpg  # noqa: E402
 
 from bench.fleet_measure import tree_cpu_s as process_tree_cpu_s  # noqa: E402
 from digest_worker import partitions, redis_client  # noqa: E402
-from digest_worker.rows import TABLE_COLUMNS, TABLE_OF_KIND, build_rows  # noqa: E402
+from digest_worker.rows import (  # noqa: E402
+    TABLE_COLUMNS,
+    TABLE_OF_KIND,
+    TABLE_TARGET,
+    build_rows,
+)
 from digest_worker.settings import WorkerSettings  # noqa: E402
 from digest_worker.timestamps import UNKNOWN_START_TIME, install_codec  # noqa: E402
 from digest_worker.worker import Worker, tune_gc  # noqa: E402
@@ -114,7 +119,9 @@ async def create_database(admin_url: str) -> str:
 
 async def truncate(url: str) -> None:
     conn = await asyncpg.connect(url)
-    await conn.execute("TRUNCATE servers, snapshots, process_group_samples, process_samples")
+    await conn.execute("TRUNCATE servers, snapshots, process_group_points, process_points, "
+                       "process_identities, process_groups, process_history, history_clock, "
+                       "process_group_history, group_history_clock")
     await conn.execute("VACUUM ANALYZE")  # each run starts from the same state
     await conn.close()
 
@@ -146,10 +153,9 @@ def raw_records(messages: list, worker_codec: bool) -> dict[str, list[tuple]]:
             return datetime.fromisoformat(value)
         return datetime.fromtimestamp(value, UTC) if value is not None else None
 
-    return {
-        "process_samples": [(r[0], dt(r[1]), r[2], dt(r[3]), *r[4:])
-                            for r in tables["process_samples"]],
-        "process_group_samples": [(r[0], dt(r[1]), *r[2:17], dt(r[17]))
+    return {  # points: (key, ts, ...); group points carry oldest_start_time at 13
+        "process_samples": [(r[0], dt(r[1]), *r[2:]) for r in tables["process_samples"]],
+        "process_group_samples": [(r[0], dt(r[1]), *r[2:13], dt(r[13]), *r[14:])
                                   for r in tables["process_group_samples"]],
         "snapshots": [(r[0], dt(r[1]), *r[2:]) for r in tables["snapshots"]],
     }
@@ -166,7 +172,8 @@ async def raw_copy(url: str, tables: dict[str, list[tuple]], worker_codec: bool)
         for i in range(0, len(records), BATCH):
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    table, records=records[i:i + BATCH], columns=TABLE_COLUMNS[table])
+                    TABLE_TARGET[table], records=records[i:i + BATCH],
+                    columns=TABLE_COLUMNS[table])
     elapsed = time.perf_counter() - started
     await conn.close()
     return rows / elapsed
@@ -177,10 +184,14 @@ async def naive(redis_url: str, url: str, count: int) -> float:
     client = redis_client.connect(redis_url, 30)
     keys = [stream.sample_stream(n) for n in range(SHARDS)]
     conn = await asyncpg.connect(url)
+    # One row at a time through the old tables' columns (now views whose insert trigger
+    # writes the identity and the point): the per-row cost of that design.
     inserts = {
         table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
-               f"({', '.join(f'${i}' for i in range(1, len(cols) + 1))}) ON CONFLICT DO NOTHING"
-        for table, cols in TABLE_COLUMNS.items()
+               f"({', '.join(f'${i}' for i in range(1, len(cols) + 1))})"
+        for table, cols in ((TABLE_OF_KIND[kind], tuple(
+            "username" if c == "user" else c for c in stream.COLUMNS[kind]))
+            for kind in TABLE_OF_KIND)
     }
     upsert = ("INSERT INTO servers (server_id, hostname, first_seen_at, last_seen_at) "
               "VALUES ($1, $2, $3, $3) ON CONFLICT (server_id) DO UPDATE SET "

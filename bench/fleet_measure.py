@@ -119,13 +119,15 @@ _REPORTS_SQL = """
 SELECT server_id, (extract(epoch FROM ts) * 1000000)::bigint AS ts_us,
        extract(epoch FROM max(pg_xact_commit_timestamp(xmin)))::float8 AS done_s,
        count(*) AS rows
-FROM (SELECT server_id, ts, xmin FROM process_samples
-      UNION ALL SELECT server_id, ts, xmin FROM process_group_samples) s
+FROM (SELECT i.server_id, p.ts, p.xmin FROM process_points p
+      JOIN process_identities i ON i.key = p.key
+      UNION ALL SELECT g.server_id, p.ts, p.xmin FROM process_group_points p
+      JOIN process_groups g ON g.key = p.key) s
 GROUP BY 1, 2
 """
 _PER_SECOND_SQL = """
 SELECT floor(extract(epoch FROM pg_xact_commit_timestamp(xmin)))::bigint AS s, count(*) AS n
-FROM (SELECT xmin FROM process_samples UNION ALL SELECT xmin FROM process_group_samples) s
+FROM (SELECT xmin FROM process_points UNION ALL SELECT xmin FROM process_group_points) s
 GROUP BY 1
 """
 
@@ -168,14 +170,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def bytes_per_row(database_url: str, rows: int) -> float:
-    """Disk used by the two sample tables (heap, TOAST, indexes) per row."""
+    """Disk used by the sample tables and identities (heap, TOAST, indexes) per row."""
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("CHECKPOINT")
         used = await conn.fetchval(
             "SELECT sum(pg_total_relation_size(relid)) FROM (SELECT relid FROM "
-            "pg_partition_tree('process_samples') UNION ALL SELECT relid FROM "
-            "pg_partition_tree('process_group_samples')) t")
+            "pg_partition_tree('process_points') UNION ALL SELECT relid FROM "
+            "pg_partition_tree('process_group_points') UNION ALL SELECT relid FROM "
+            "pg_partition_tree('process_identities') UNION ALL SELECT relid FROM "
+            "pg_partition_tree('process_groups')) t")
     finally:
         await conn.close()
     return used / max(rows, 1)

@@ -57,6 +57,10 @@ class WorkerSettings(Settings):
     partitions_ahead_days: int = setting(3, "PROCFLEET_PARTITIONS_AHEAD_DAYS", integer(0, 366))
     upkeep_interval_s: float = setting(3600.0, "PROCFLEET_UPKEEP_INTERVAL_S",
                                        number(0, _DAY_S, above=True))
+    # Samples stay one row each for this long, then are compacted (digest_worker/compaction.py)
+    hot_window_h: float = setting(2.0, "PROCFLEET_HOT_WINDOW_H", number(0, 24 * 366))
+    compact_interval_s: float = setting(300.0, "PROCFLEET_COMPACT_INTERVAL_S",
+                                        number(0, _DAY_S, above=True))
     summary_interval_s: float = setting(30.0, "PROCFLEET_WORKER_SUMMARY_INTERVAL_S",
                                         number(0, _DAY_S, above=True))
     insert_method: str = setting("copy", "PROCFLEET_WORKER_INSERT_METHOD",

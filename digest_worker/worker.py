@@ -35,14 +35,14 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 from redis.exceptions import RedisError
 
 from agent.errors import ProcfleetError
-from digest_worker import partitions, redis_client, rollup, streams
+from digest_worker import compaction, partitions, redis_client, rollup, streams
 from digest_worker.batch import INSERT_FAILED, Batch, decode_batch
 from digest_worker.cluster_streams import ClusterGroupConsumer
 from digest_worker.metrics import WorkerMetrics
@@ -151,6 +151,10 @@ class Worker:
                 asyncio.create_task(every(rollup.INTERVAL_S, rollup.RollupJob(
                     self.pool, retention_days=settings.retention_days,
                     partitions_ahead_days=settings.partitions_ahead_days).refresh_rollups)),
+                # Storage upkeep: compact closed hours past the hot window (an hour at a time
+                # under its own lock: several workers doing it at once is harmless).
+                asyncio.create_task(every(settings.compact_interval_s, compaction.CompactionJob(
+                    self.pool, older_than=timedelta(hours=settings.hot_window_h)).run)),
             ]
             if not gc.isenabled():  # tune_gc() turned automatic collections off
                 background.append(asyncio.create_task(every(GC_INTERVAL_S, collect_garbage)))

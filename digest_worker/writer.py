@@ -11,17 +11,20 @@ Three ways to land a table's rows (``insert_method``; bench/bench_writer.py meas
 ``staging``  ``COPY`` into a temporary table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``.
 ``unnest``   ``INSERT … SELECT FROM unnest($1::…[], …) ON CONFLICT DO NOTHING``.
 
-Whatever the method, the batch ends with one upsert of ``servers`` (last_seen_at, and the
-metadata of the newest host message) in server_id order, then COMMIT.
+Whatever the method, the batch starts with the upserts of the identities it needs
+(digest_worker/identity.py: most batches need none) and ends with one upsert of ``servers``
+(last_seen_at, and the metadata of the newest host message) in server_id order, then COMMIT.
 
 A batch that fails because of its *data* (see ``is_poison``) is isolated in one transaction
 (``_Isolation``): its rows are built once, per message, then bisected per table where each probe
 is *one* statement (``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING``) under a
-savepoint; a probe that passes has written its rows, a probe that fails is split in two. So k
-poison messages in a batch of n cost at most ~2·k·log2(n) probes (3 statements each), and
-nothing is staged again. The servers upsert then runs once for the messages that landed
-(bisected the same way only if it fails itself). The poison messages are reported back (the
-worker dead-letters them) and every other row is written. Any other error (connection lost,
+savepoint; a probe that passes has written its rows, a probe that fails is split in two. The
+identities are probed first, the same way (one upsert per probe, rows of one key merged), and a
+message whose identity is not written writes no point. So k poison messages in a batch of n
+cost at most ~2·k·log2(n) probes per table (3 statements each), and nothing is staged
+again. The servers upsert then runs once for the messages that landed (bisected the same way
+only if it fails itself). The poison messages are reported back (the worker dead-letters
+them) and every other row is written. Any other error (connection lost,
 server shutting down, …) propagates: the worker retries the whole batch and acknowledges
 nothing meanwhile.
 
@@ -42,7 +45,8 @@ from typing import Any
 
 import asyncpg
 
-from digest_worker.rows import SERVER_COLUMNS, TABLE_COLUMNS, build_rows
+from digest_worker.identity import FIRST, G_FIRST, IdentityWriter, merge_rows
+from digest_worker.rows import SERVER_COLUMNS, TABLE_COLUMNS, TABLE_TARGET, build_rows
 from digest_worker.timestamps import install_codec
 
 FALLBACK_BATCHES = 10
@@ -122,21 +126,23 @@ class BatchWriter:
         self.insert_method = insert_method
         self._staging_batches_left = 0
         self._unnest_sql: dict[str, str] = {}
+        self.identities = IdentityWriter()
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
         """Install the timestamp codec, create this connection's staging tables and learn
         the column types for unnest."""
         await install_codec(conn)
         for table, columns in TABLE_COLUMNS.items():
+            target = TABLE_TARGET[table]
             await conn.execute(
                 f"CREATE TEMP TABLE IF NOT EXISTS {staging_table(table)} "
-                f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             if table not in self._unnest_sql:
-                types = await _column_types(conn, table, columns)
+                types = await _column_types(conn, target, columns)
                 params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, start=1))
                 self._unnest_sql[table] = (
-                    f"INSERT INTO {table} ({', '.join(columns)}) "
+                    f"INSERT INTO {target} ({', '.join(columns)}) "
                     f"SELECT * FROM unnest({params}) ON CONFLICT DO NOTHING"
                 )
 
@@ -150,10 +156,10 @@ class BatchWriter:
         ``handed_back``, unwritten."""
         method = self._method_for_next_batch()
         try:
-            rows = build_rows(messages)
+            rows = build_rows(messages, self.identities)
             try:
                 async with conn.transaction():
-                    return await self._write(conn, rows, method)
+                    result = await self._write(conn, rows, method)
             except asyncpg.UniqueViolationError:
                 if method != "copy":
                     raise
@@ -163,11 +169,12 @@ class BatchWriter:
                 async with conn.transaction():
                     result = await self._write(conn, rows, "staging")
                 result.fell_back = True
-                return result
+            self.identities.remember(rows.identities, rows.groups)
+            return result
         except Exception as exc:
             if not is_poison(exc):
                 raise
-        isolation = _Isolation(conn, self._unnest_sql, lambda: (
+        isolation = _Isolation(conn, self._unnest_sql, self.identities, lambda: (
             clock() >= deadline_s or stopping()))
         async with conn.transaction():
             return await isolation.run(messages)
@@ -180,19 +187,21 @@ class BatchWriter:
 
     async def _write(self, conn: asyncpg.Connection, rows, method: str) -> WriteResult:
         result = WriteResult()
+        # Identities before points: the late-sample trigger of the points reads them.
+        await self.identities.write(conn, rows.identities, rows.groups)
         for table, records in rows.tables.items():
             if not records:
                 continue
-            columns = TABLE_COLUMNS[table]
+            columns, target = TABLE_COLUMNS[table], TABLE_TARGET[table]
             if method == "copy":
-                await conn.copy_records_to_table(table, records=records, columns=columns)
+                await conn.copy_records_to_table(target, records=records, columns=columns)
                 inserted = len(records)
             elif method == "staging":
                 stage = staging_table(table)
                 await conn.copy_records_to_table(stage, records=records, columns=columns)
                 cols = ", ".join(columns)
                 status = await conn.execute(
-                    f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
+                    f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} "
                     f"ON CONFLICT DO NOTHING"
                 )
                 inserted = int(status.rsplit(" ", 1)[1])
@@ -213,24 +222,35 @@ class _Isolation:
     each probe is one statement under a savepoint (see the module docstring)."""
 
     def __init__(self, conn: asyncpg.Connection, unnest_sql: dict[str, str],
-                 out_of_time: Callable[[], bool]) -> None:
+                 identities: IdentityWriter, out_of_time: Callable[[], bool]) -> None:
         self.conn, self.unnest_sql, self.out_of_time = conn, unnest_sql, out_of_time
+        self.identities = identities
         self.result = WriteResult()
         self.poison: dict[int, str] = {}
         self.handed_back: set[int] = set()
 
     async def run(self, messages: list[Message]) -> WriteResult:
         by_table: dict[str, list[tuple[int, Sequence[Any]]]] = {t: [] for t in TABLE_COLUMNS}
+        processes: list[tuple[int, list]] = []
+        groups: list[tuple[int, list]] = []
         for index, message in enumerate(messages):
             try:  # built once, per message, to know which message each row comes from
-                rows = build_rows([message])
+                rows = build_rows([message], self.identities)
             except Exception as exc:
                 if not is_poison(exc):
                     raise
                 self.poison[index] = describe_error(exc)
                 continue
+            processes += [(index, row) for row in rows.identities.values()]
+            groups += [(index, row) for row in rows.groups.values()]
             for table, records in rows.tables.items():
                 by_table[table] += [(index, record) for record in records]
+        # Identities first: a message whose identity is poison (or handed back) writes no
+        # point, and the points' late-sample triggers find the identity of every point.
+        if processes:
+            await self._bisect(processes, self._identity_probe(FIRST))
+        if groups:
+            await self._bisect(groups, self._identity_probe(G_FIRST))
         for table, items in by_table.items():
             if items:
                 await self._bisect(items, self._insert_probe(table))
@@ -256,6 +276,18 @@ class _Isolation:
 
         return probe
 
+    def _identity_probe(self, first: int):
+        # One upsert per probe. Rows of one key (a process sampled twice in the batch) are
+        # merged first: ON CONFLICT cannot update a row twice in one statement.
+        async def probe(rows: list[list]) -> None:
+            merged = merge_rows(rows, first)
+            if first == FIRST:
+                await self.identities.write(self.conn, merged, {})
+            else:
+                await self.identities.write(self.conn, {}, merged)
+
+        return probe
+
     async def _servers_probe(self, messages: list[Message]) -> None:
         rows = build_rows(messages)
         if rows.servers:
@@ -269,8 +301,10 @@ class _Isolation:
         pending = [items]
         while pending:
             segment = pending.pop()
-            # A message already known bad (another of its rows failed) is not tried again.
-            segment = [(i, v) for i, v in segment if i not in self.poison]
+            # A message already known bad (another of its rows failed) is not tried again, nor
+            # is one handed back (its identity was not written: neither are its points).
+            segment = [(i, v) for i, v in segment
+                       if i not in self.poison and i not in self.handed_back]
             if not segment:
                 continue
             if first_unbounded:

@@ -58,6 +58,11 @@ _TO = _param("to", "Window end, RFC 3339 (with `from`; at most 168 h after it)."
 _SOURCE = _param("source", "process_exporter groups or ps/tasklist processes by name; "
                  "default: groups when any group has samples in the window, else processes.",
                  {"enum": ["groups", "processes"]})
+_PATH = _param("path", "Which data answers: `raw` computes the rates from the per-process "
+               "samples (hot rows and compacted history alike, up to the current second), "
+               "`rollup` reads the minute/hour rollups; default: the rollups when they reach "
+               "the window's end. Both give the same numbers; `raw` is for checks and tests.",
+               {"enum": ["raw", "rollup"]})
 
 _NUMBER = {"type": "number"}
 TOP_RESPONSE = {
@@ -158,7 +163,7 @@ PATHS: dict[str, Any] = {
         "parameters": [_SERVER_IDS, _METRIC,
                        _param("limit", "How many names.", {"type": "integer", "minimum": 1,
                               "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
-                       _HOURS, _FROM, _TO, _SOURCE],
+                       _HOURS, _FROM, _TO, _SOURCE, _PATH],
         "responses": _responses(TOP_RESPONSE),
     }},
     "/api/processes/{name}/series": {"get": {
@@ -167,7 +172,7 @@ PATHS: dict[str, Any] = {
                        + AGGREGATION, "security": _SECURITY,
         "parameters": [_param("name", "Process or group name.", {"type": "string"},
                               where="path", required=True),
-                       _METRIC, _HOURS, _FROM, _TO, _SERVER_IDS, _SOURCE,
+                       _METRIC, _HOURS, _FROM, _TO, _SERVER_IDS, _SOURCE, _PATH,
                        _param("step", f"Seconds per point, a multiple of 60 (at most "
                               f"{MAX_POINTS} points); default from the window: 60 up to 6 h, "
                               f"300 up to 24 h, 900 up to 72 h, else 3600.",

@@ -18,6 +18,7 @@ from ingest_gateway.errors import BadRequest
 
 METRICS = ("cpu", "memory")
 SOURCES = ("groups", "processes")
+PATHS = ("raw", "rollup")
 MIN_HOURS, MAX_HOURS = 1, 168
 MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT = 1, 50, 10
 MAX_SERVER_IDS = 1000
@@ -54,6 +55,7 @@ class TopParams:
     limit: int = DEFAULT_LIMIT
     server_ids: tuple[str, ...] | None = None
     source: str | None = None
+    path: str | None = None  # raw | rollup; None = the planner's choice
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class SeriesParams:
     step_s: int | None = None
     server_ids: tuple[str, ...] | None = None
     source: str | None = None
+    path: str | None = None
 
 
 def bad(param: str, reason: str, value: Any = None) -> BadRequest:
@@ -181,6 +184,7 @@ def parse_top(query: Mapping[str, str], now: datetime) -> TopParams:
         limit=parse_int(query, "limit", MIN_LIMIT, MAX_LIMIT, DEFAULT_LIMIT) or DEFAULT_LIMIT,
         server_ids=parse_server_ids(query),
         source=parse_choice(query, "source", SOURCES, None),
+        path=parse_choice(query, "path", PATHS, None),
     )
 
 
@@ -207,4 +211,5 @@ def parse_series(name: str, query: Mapping[str, str], now: datetime) -> SeriesPa
         step_s=step_s,
         server_ids=parse_server_ids(query),
         source=parse_choice(query, "source", SOURCES, None),
+        path=parse_choice(query, "path", PATHS, None),
     )

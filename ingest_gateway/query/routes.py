@@ -68,7 +68,8 @@ async def top(request: web.Request) -> web.Response:
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
         result = await top_processes(
-            conn, params, retention_days=request.app[SETTINGS].retention_days)
+            conn, params, path=params.path,
+            retention_days=request.app[SETTINGS].retention_days)
     _note(request, started_s, query_path=result.plan.path, source=result.plan.source,
           rows=len(result.processes))
     return json_response(result.as_json())
@@ -80,7 +81,8 @@ async def series(request: web.Request) -> web.Response:
     started_s = time.monotonic()
     async with request.app[QUERY_DB].connection() as conn:
         result = await process_series(
-            conn, params, retention_days=request.app[SETTINGS].retention_days)
+            conn, params, path=params.path,
+            retention_days=request.app[SETTINGS].retention_days)
     _note(request, started_s, query_path=result.plan.path, points=len(result.points))
     return json_response(result.as_json())
 

@@ -21,6 +21,8 @@ from ingest_gateway.query.top import MIB, iso
 STALE_AFTER_S = 300
 # The newest collection is looked for this far before the server's last_seen_at.
 SNAPSHOT_LOOKBACK = timedelta(minutes=10)
+# rollup_max_rate_gap() of migrations/0002: how far back the previous sample of a rate may be
+RATE_GAP = timedelta(seconds=120)
 SORT_KEYS = ("cpu", "memory", "pid", "name")
 ORDERS = ("asc", "desc")
 MAX_SNAPSHOT_LIMIT = 5000
@@ -63,32 +65,38 @@ async def list_servers(conn: asyncpg.Connection, now: datetime) -> dict[str, Any
     } for r in rows]}
 
 
+# The samples of one host around its last report: hot rows and compacted history alike
+# (migrations 0004/0005), found from the host's identities, read once per (key, ts).
+_POINTS_SQL = """
+    SELECT p.* FROM {ids} i JOIN {hot} p ON p.key = i.key
+    WHERE i.server_id = $1 AND i.last_seen >= $4 AND p.ts >= $4 AND p.ts <= $2
+    UNION ALL
+    SELECT h.* FROM {decode}($4, $2 + interval '1 microsecond', ARRAY[$1]) h
+    WHERE h.ts >= $4 AND h.ts <= $2
+      AND NOT EXISTS (SELECT 1 FROM {hot} x WHERE x.key = h.key AND x.ts = h.ts)
+"""
+
 _PROCESSES_SQL = """
-WITH latest AS (
-    SELECT max(ts) AS ts FROM process_samples
-    WHERE server_id = $1 AND ts >= $2::timestamptz - $3::interval AND ts <= $2::timestamptz
-)
-SELECT s.pid, s.ppid, s.username, s.name, s.command, s.state, s.start_time, s.ts,
+WITH pts AS MATERIALIZED ({points}),
+latest AS (SELECT max(ts) AS ts FROM pts WHERE ts >= $2::timestamptz - $3::interval)
+SELECT i.pid, i.ppid, i.username, i.name, i.command, s.state, i.start_time, s.ts,
        s.cpu_seconds_total, s.memory_percent, s.rss_bytes, s.vsz_bytes,
        (SELECT CASE WHEN s.ts - p.ts <= rollup_max_rate_gap() THEN
                    CASE WHEN s.cpu_seconds_total >= p.cpu_seconds_total
                         THEN s.cpu_seconds_total - p.cpu_seconds_total
                         ELSE s.cpu_seconds_total END
                    / extract(epoch FROM s.ts - p.ts) END
-        FROM process_samples p
-        WHERE p.server_id = s.server_id AND p.pid = s.pid AND p.start_time = s.start_time
-          AND p.ts < s.ts AND p.ts >= s.ts - rollup_max_rate_gap()
+        FROM pts p
+        WHERE p.key = s.key AND p.ts < s.ts AND p.ts >= s.ts - rollup_max_rate_gap()
         ORDER BY p.ts DESC LIMIT 1) AS cores
-FROM process_samples s, latest
-WHERE s.server_id = $1 AND s.ts = latest.ts
-"""
+FROM pts s JOIN latest ON s.ts = latest.ts JOIN process_identities i ON i.key = s.key
+""".format(points=_POINTS_SQL.format(ids="process_identities", hot="process_points",
+                                     decode="process_history_points"))
 
 _GROUPS_SQL = """
-WITH latest AS (
-    SELECT max(ts) AS ts FROM process_group_samples
-    WHERE server_id = $1 AND ts >= $2::timestamptz - $3::interval AND ts <= $2::timestamptz
-)
-SELECT s.name, s.num_procs, s.ts, s.memory_resident_bytes AS rss_bytes,
+WITH pts AS MATERIALIZED ({points}),
+latest AS (SELECT max(ts) AS ts FROM pts WHERE ts >= $2::timestamptz - $3::interval)
+SELECT g.name, s.num_procs, s.ts, s.memory_resident_bytes AS rss_bytes,
        s.cpu_user_seconds_total + s.cpu_system_seconds_total AS cpu_seconds_total,
        (SELECT CASE WHEN s.ts - p.ts <= rollup_max_rate_gap() THEN
                    CASE WHEN s.cpu_user_seconds_total + s.cpu_system_seconds_total
@@ -97,13 +105,12 @@ SELECT s.name, s.num_procs, s.ts, s.memory_resident_bytes AS rss_bytes,
                              - p.cpu_user_seconds_total - p.cpu_system_seconds_total
                         ELSE s.cpu_user_seconds_total + s.cpu_system_seconds_total END
                    / extract(epoch FROM s.ts - p.ts) END
-        FROM process_group_samples p
-        WHERE p.server_id = s.server_id AND p.name = s.name
-          AND p.ts < s.ts AND p.ts >= s.ts - rollup_max_rate_gap()
+        FROM pts p
+        WHERE p.key = s.key AND p.ts < s.ts AND p.ts >= s.ts - rollup_max_rate_gap()
         ORDER BY p.ts DESC LIMIT 1) AS cores
-FROM process_group_samples s, latest
-WHERE s.server_id = $1 AND s.ts = latest.ts
-"""
+FROM pts s JOIN latest ON s.ts = latest.ts JOIN process_groups g ON g.key = s.key
+""".format(points=_POINTS_SQL.format(ids="process_groups", hot="process_group_points",
+                                     decode="process_group_history_points"))
 
 
 async def host_snapshot(conn: asyncpg.Connection, params: SnapshotParams) -> dict[str, Any] | None:
@@ -117,7 +124,8 @@ async def host_snapshot(conn: asyncpg.Connection, params: SnapshotParams) -> dic
     source = sources[0]
     for source in sources:
         sql = _PROCESSES_SQL if source == "processes" else _GROUPS_SQL
-        rows = await conn.fetch(sql, params.server_id, last_seen, SNAPSHOT_LOOKBACK)
+        rows = await conn.fetch(sql, params.server_id, last_seen, SNAPSHOT_LOOKBACK,
+                                last_seen - SNAPSHOT_LOOKBACK - RATE_GAP)
         if rows:
             break
     items = [_item(row, source) for row in rows]

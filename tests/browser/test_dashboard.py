@@ -39,12 +39,13 @@ GROUPS = (("postgres", 1.6, 3072, 14), ("nginx", 0.9, 220, 5), ("java", 1.2, 460
           ("node", 0.5, 780, 4), ("redis-server", 0.35, 1500, 1), ("sshd", 0.02, 12, 3),
           ("cron", 0.01, 6, 1), ("prometheus", 0.25, 900, 1), ("fluent-bit", 0.12, 95, 1),
           ("kworker", 0.06, 0, 9), ("containerd", 0.18, 140, 1), ("dockerd", 0.08, 160, 1))
+# Straight into the identity and point tables (migrations/0003): the process_group_samples
+# view takes inserts too, but one row at a time.
 SEED_SQL = """
-INSERT INTO process_group_samples (server_id, ts, name, num_procs, cpu_user_seconds_total,
-                                   cpu_system_seconds_total, memory_resident_bytes)
-SELECT s.id, t, g.name, g.procs,
-       0.8 * g.cores * s.scale * c.cpu, 0.2 * g.cores * s.scale * c.cpu,
-       (g.mem * s.scale * (1 + 0.15 * sin(c.phase)) * 1048576)::bigint
+WITH samples AS MATERIALIZED (
+SELECT s.id AS server_id, t AS ts, g.name, g.procs AS num_procs,
+       0.8 * g.cores * s.scale * c.cpu AS cpu_user, 0.2 * g.cores * s.scale * c.cpu AS cpu_system,
+       (g.mem * s.scale * (1 + 0.15 * sin(c.phase)) * 1048576)::bigint AS memory
 FROM unnest($3::text[], $4::float8[]) AS s(id, scale),
      unnest($5::text[], $6::float8[], $7::float8[], $8::int[]) AS g(name, cores, mem, procs),
      generate_series($1::timestamptz, $2::timestamptz, interval '30 seconds') AS t,
@@ -52,7 +53,15 @@ FROM unnest($3::text[], $4::float8[]) AS s(id, scale),
      -- a daily wave: the counter is the integral of cores * (1 + 0.5 sin(2 pi x / day))
      LATERAL (SELECT e.x + 0.5 * 86400 / (2 * pi()) * (1 - cos(2 * pi() * e.x / 86400)) AS cpu,
                      2 * pi() * e.x / 86400 + length(g.name) AS phase) AS c
-ORDER BY t
+), series AS (
+    INSERT INTO process_groups (key, server_id, first_seen, last_seen, name)
+    SELECT group_key(server_id, name), server_id, min(ts), max(ts), name
+    FROM samples GROUP BY server_id, name
+)
+INSERT INTO process_group_points (key, ts, num_procs, cpu_user_seconds_total,
+                                  cpu_system_seconds_total, memory_resident_bytes)
+SELECT group_key(server_id, name), ts, num_procs, cpu_user, cpu_system, memory
+FROM samples ORDER BY ts
 """
 
 

@@ -68,18 +68,21 @@ async def test_schema_keys_partitioning_and_no_foreign_keys(empty_url):
         CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
         JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
         WHERE c.contype = 'p' AND c.conrelid::regclass::text IN
-              ('servers', 'snapshots', 'process_group_samples', 'process_samples')
+              ('servers', 'snapshots', 'process_group_points', 'process_points',
+               'process_identities', 'process_groups')
         GROUP BY 1""")}
     assert keys == {
         "servers": ["server_id"],
         "snapshots": ["server_id", "ts", "sha256"],
-        "process_group_samples": ["server_id", "name", "ts"],
-        "process_samples": ["server_id", "pid", "start_time", "ts"],
+        "process_group_points": ["key", "ts"],
+        "process_points": ["key", "ts"],
+        "process_identities": ["key"],
+        "process_groups": ["key"],
     }
     partitioned = {r["table"]: r["strategy"] for r in await fetch(empty_url, """
         SELECT partrelid::regclass::text AS table, partstrat::text AS strategy
         FROM pg_partitioned_table""")}
-    for table in ("snapshots", "process_group_samples", "process_samples"):
+    for table in ("snapshots", "process_group_points", "process_points"):
         assert partitioned[table] == "r"
     foreign = await fetch(empty_url, "SELECT conname FROM pg_constraint WHERE contype = 'f'")
     assert foreign == []

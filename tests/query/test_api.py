@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from digest_worker.compaction import run_storage_upkeep
 from digest_worker.rollup import refresh_rollups
 from procfleet.embedded import free_port
 from tests.query.query_seed import (
@@ -93,6 +94,7 @@ async def test_unknown_server_ids_give_an_empty_result(query_gateway, seeded):
     ({"hours": "169"}, "hours"),
     ({"hours": "1.5"}, "hours"),
     ({"source": "containers"}, "source"),
+    ({"path": "fast"}, "path"),
     ({"from": "2026-01-01T00:00:00Z"}, "to"),
     ({"from": "yesterday", "to": "2026-01-01T00:00:00Z"}, "from"),
     ({"from": "2026-01-01T00:00:00", "to": "2026-01-01T01:00:00Z"}, "from"),
@@ -212,6 +214,19 @@ async def test_host_snapshot_is_the_latest_collection_sorted(query_gateway, seed
     assert (await unknown.json())["error"]["field"] == "server_id"
 
 
+async def test_host_snapshot_reads_a_compacted_last_collection(query_gateway, seeded, db):
+    path = "/api/servers/web-01/processes"
+    hot = await query_gateway.get_json(path, {"sort": "pid"})
+    groups_hot = await query_gateway.get_json(path, {"source": "groups", "sort": "name"})
+    await run_storage_upkeep(db, now=seeded + timedelta(days=1), older_than=timedelta(0))
+    assert await db.fetchval("SELECT count(*) FROM process_points") == 0
+    assert await db.fetchval("SELECT count(*) FROM process_group_points") == 0
+
+    assert await query_gateway.get_json(path, {"sort": "pid"}) == hot
+    assert await query_gateway.get_json(path, {"source": "groups", "sort": "name"}) == groups_hot
+    assert hot["processes"][1]["cpu_percent"] == pytest.approx(30.0)
+
+
 async def test_series_has_one_point_per_step(query_gateway, seeded):
     body = await query_gateway.get_json("/api/processes/kworker%2F0:1/series",
                                         {**window(seeded), "step": "300"})
@@ -246,7 +261,7 @@ async def test_openapi_documents_every_query_route(query_gateway):
         assert "get" in doc["paths"][path], path
     top = doc["paths"]["/api/processes/top"]["get"]
     assert {p["name"] for p in top["parameters"]} == {
-        "server_ids[]", "metric", "limit", "hours", "from", "to", "source"}
+        "server_ids[]", "metric", "limit", "hours", "from", "to", "source", "path"}
     assert "avg_cpu_percent" in top["description"]
     item = top["responses"]["200"]["content"]["application/json"]["schema"]
     assert "peak_memory_mb" in item["properties"]["processes"]["items"]["properties"]
@@ -293,3 +308,20 @@ async def test_a_rollup_far_behind_is_not_used(query_gateway, db):
     body = await query_gateway.get_json("/api/processes/top")
     assert body["path"] == "raw"
     assert body["processes"][0]["avg_cpu_percent"] == pytest.approx(350.0, abs=2.0)
+
+
+async def test_path_raw_forces_the_per_process_path_over_a_fresh_rollup(query_gateway, db):
+    now = await db.fetchval("SELECT now()")
+    for n in range(3):
+        await insert_processes(db, steady_process(f"web-{n:02d}", "nginx", 100,
+                                                  now - timedelta(minutes=70), 70,
+                                                  cores=0.5))
+    await refresh_rollups(db, now=now, retention_days=1, max_chunks=100)
+    rolled = await query_gateway.get_json("/api/processes/top", {"source": "processes"})
+    raw = await query_gateway.get_json("/api/processes/top",
+                                       {"source": "processes", "path": "raw"})
+    assert (rolled["path"], raw["path"]) == ("rollup", "raw")
+    assert raw["processes"][0]["avg_cpu_percent"] == pytest.approx(150.0, abs=2.0)
+    series = await query_gateway.get_json("/api/processes/nginx/series",
+                                          {"source": "processes", "path": "raw"})
+    assert series["path"] == "raw"

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from digest_worker.compaction import run_storage_upkeep
 from digest_worker.rollup import refresh_rollups
 from ingest_gateway.query.params import TimeRange, TopParams
 from ingest_gateway.query.top import top_processes
@@ -45,6 +46,15 @@ async def check_all_paths(db, samples: list[dict], source: str, start, end, **op
                        metric=options.get("metric", "cpu"), limit=options.get("limit", 10),
                        server_ids=options.get("server_ids"))
     raw = await top_processes(db, params, path="raw")
+    # Compact every hour (nothing hot is left): the raw path reads the compacted history and
+    # must give the same numbers, and the rollups below are built from it.
+    await run_storage_upkeep(db, now=end + timedelta(days=1), older_than=timedelta(0))
+    hot, history = (("process_points", "process_history") if source == "processes"
+                    else ("process_group_points", "process_group_history"))
+    assert await db.fetchval(f"SELECT count(*) FROM {hot}") == 0
+    assert await db.fetchval(f"SELECT count(*) FROM {history}") > 0
+    compacted = await top_processes(db, params, path="raw")
+    assert compacted.processes == raw.processes
     await refresh_rollups(db, now=end + timedelta(hours=1, minutes=2), retention_days=2,
                           max_chunks=200)
     rolled = await top_processes(db, params, path="rollup")
@@ -210,3 +220,18 @@ async def test_memory_metric_ranks_by_average_memory(db):
     top = await check_all_paths(db, samples, "groups", base, base + timedelta(hours=1),
                                 metric="memory", limit=1)
     assert [p["name"] for p in top] == ["big-idle"]
+
+
+async def test_a_server_filter_finds_series_whose_identity_last_seen_lags(db):
+    base = base_time()
+    samples = (steady_process("web-01", "nginx", 10, base - timedelta(minutes=5), 70, cores=0.5)
+               + steady_process("web-02", "nginx", 10, base - timedelta(minutes=5), 70,
+                                cores=1.0))
+    await insert_processes(db, samples)
+    # The writer refreshes last_seen every ~45 s, the views' insert path every 10 minutes:
+    # make every identity lag its newest sample by 9 minutes.
+    await db.execute("UPDATE process_identities SET last_seen = last_seen - interval '9 min'")
+    start = base + timedelta(minutes=55)
+    top = await check_all_paths(db, samples, "processes", start, start + timedelta(minutes=5),
+                                server_ids=("web-02",))
+    assert by_name(top)["nginx"]["avg_cpu_percent"] == near(100.0)

@@ -37,7 +37,8 @@ async def insert_group_sample(conn, ts: datetime, name: str = "g") -> None:
 
 async def partition_of(conn, name: str) -> list[str]:
     return [r[0] for r in await conn.fetch(
-        "SELECT tableoid::regclass::text FROM process_group_samples WHERE name = $1", name)]
+        "SELECT p.tableoid::regclass::text FROM process_group_points p "
+        "JOIN process_groups g USING (key) WHERE g.name = $1", name)]
 
 
 async def test_upkeep_creates_one_partition_per_day_from_the_cutoff_to_ahead(conn):
@@ -54,15 +55,15 @@ async def test_upkeep_creates_one_partition_per_day_from_the_cutoff_to_ahead(con
 async def test_row_for_a_day_without_partition_lands_in_default_then_moves(conn):
     await insert_group_sample(conn, at(TODAY - timedelta(days=2)), "early")
     await insert_group_sample(conn, at(TODAY - timedelta(days=2), 23), "late-same-day")
-    assert await partition_of(conn, "early") == ["process_group_samples_default"]
+    assert await partition_of(conn, "early") == ["process_group_points_default"]
 
     report = await run_upkeep(conn, TODAY, retention_days=7, ahead_days=1)
 
-    day_table = partition_name("process_group_samples", TODAY - timedelta(days=2))
+    day_table = partition_name("process_group_points", TODAY - timedelta(days=2))
     assert await partition_of(conn, "early") == [day_table]
     assert await partition_of(conn, "late-same-day") == [day_table]
     assert report.moved_rows == 2
-    assert await conn.fetchval("SELECT count(*) FROM process_group_samples_default") == 0
+    assert await conn.fetchval("SELECT count(*) FROM process_group_points_default") == 0
     # the moved partition is a normal one: its key still refuses a duplicate
     with pytest.raises(asyncpg.UniqueViolationError):
         await insert_group_sample(conn, at(TODAY - timedelta(days=2)), "early")
@@ -76,7 +77,7 @@ async def test_default_rows_past_the_retention_are_deleted_and_future_ones_kept(
 
     assert (report.expired_default_rows, report.future_default_rows) == (1, 1)
     assert await partition_of(conn, "expired") == []
-    assert await partition_of(conn, "far-future") == ["process_group_samples_default"]
+    assert await partition_of(conn, "far-future") == ["process_group_points_default"]
 
 
 async def test_retention_drops_whole_days_older_than_retention_days(conn):
@@ -88,11 +89,11 @@ async def test_retention_drops_whole_days_older_than_retention_days(conn):
     later = TODAY + timedelta(days=5)  # cutoff: later - 7 days = TODAY - 2 days
     report = await run_upkeep(conn, later, retention_days=7, ahead_days=3)
 
-    days = sorted(await daily_partitions(conn, "process_group_samples"))
+    days = sorted(await daily_partitions(conn, "process_group_points"))
     assert days[0] == kept_day and days[-1] == later + timedelta(days=3)
-    assert partition_name("process_group_samples", old_day) in report.dropped
+    assert partition_name("process_group_points", old_day) in report.dropped
     assert await partition_of(conn, "old") == []
-    assert await partition_of(conn, "kept") == [partition_name("process_group_samples",
+    assert await partition_of(conn, "kept") == [partition_name("process_group_points",
                                                                kept_day)]
 
 
@@ -122,6 +123,6 @@ async def test_worker_rows_far_in_the_future_are_kept_in_the_default_partition(r
     assert worker.summary.inserted == len(messages)
     conn = await asyncpg.connect(settings.database_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM process_samples_default") == 3
+        assert await conn.fetchval("SELECT count(*) FROM process_points_default") == 3
     finally:
         await conn.close()

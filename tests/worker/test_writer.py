@@ -134,9 +134,12 @@ async def test_isolation_costs_one_statement_per_probe_and_upserts_servers_once(
     isolation = statements[statements.index("BEGIN;", 1):]
     assert not [q for q in isolation if q.startswith(("TRUNCATE", "COPY"))]
     assert sum("INTO servers" in q for q in isolation) == 1
-    probes = sum(q.startswith("INSERT INTO process_samples") for q in isolation)
+    # The NUL is in the name, which the identity holds: the identities are bisected, then
+    # the points of the messages that landed go in at once.
+    probes = sum(q.lstrip().startswith("INSERT INTO process_identities") for q in isolation)
     n, k = len(messages), len(poison_at)
     assert probes <= 2 * k * math.ceil(math.log2(n)) + 1
+    assert sum(q.startswith("INSERT INTO process_points") for q in isolation) == 1
 
 
 async def test_isolation_hands_back_what_it_has_not_resolved_by_the_deadline(conn):
@@ -170,3 +173,75 @@ async def test_isolation_stops_at_once_when_the_worker_is_stopping(conn):
     assert result.poison == [] and result.handed_back == list(range(1, len(messages)))
     assert await conn.fetchval("SELECT count(*) FROM process_samples") == 0
     assert await conn.fetchval("SELECT count(*) FROM servers") == 1
+
+
+def steady_report(ts: float) -> list[tuple[str, tuple]]:
+    """A report of the same 10 processes (fixed start times) and 2 groups."""
+    return [(kind, (*row[:3], TS - 86400 + row[2], *row[4:]) if kind == "p" else row)
+            for kind, row in report_messages("srv", ts, processes=10)]
+
+
+async def test_identities_are_written_once_then_refreshed_at_most_every_refresh_s(conn):
+    writer = await prepared(conn, "copy")
+    await writer.commit(conn, steady_report(TS))
+    assert writer.identities.written == 12  # 10 processes + 2 groups
+    await writer.commit(conn, steady_report(TS + 15))
+    await writer.commit(conn, steady_report(TS + 45))
+    assert writer.identities.written == 12  # within REFRESH_S: no identity written
+    await writer.commit(conn, steady_report(TS + 60))
+    assert writer.identities.written == 24  # 60 s > REFRESH_S after the written last_seen
+
+    seen = await conn.fetch("SELECT first_seen, last_seen FROM process_identities")
+    assert len(seen) == 10
+    assert {(r["first_seen"].timestamp(), r["last_seen"].timestamp()) for r in seen} == {
+        (TS, TS + 60)}
+    assert await conn.fetchval("SELECT count(*) FROM process_samples") == 40
+    # a late sample older than first_seen is written through at once
+    await writer.commit(conn, steady_report(TS - 15))
+    assert await conn.fetchval(
+        "SELECT count(*) FROM process_identities WHERE first_seen = to_timestamp($1::float8)",
+        TS - 15) == 10
+
+
+async def test_a_key_held_by_another_identity_is_poison_and_nothing_is_merged(conn):
+    writer = await prepared(conn, "copy")
+    [_, _, process] = report_messages("srv", TS, processes=1, groups=0)
+    await writer.commit(conn, [process])
+    key = await conn.fetchval("SELECT key FROM process_identities")
+    # an identity that hashes to the same key (forged: md5 collisions do not come by chance)
+    other = ("p", ("other-server", TS, 999, TS - 10, *process[1][4:]))
+    from digest_worker import identity
+    identity._process_keys[("other-server", 999, TS - 10)] = key
+    try:
+        result = await writer.commit(conn, [other, report_messages("b", TS, processes=1,
+                                                                     groups=0)[2]])
+    finally:
+        identity._process_keys.clear()
+
+    assert [index for index, _ in result.poison] == [0]
+    assert "collides" in result.poison[0][1]
+    rows = await conn.fetch("SELECT server_id, pid FROM process_samples ORDER BY server_id")
+    assert [tuple(r) for r in rows] == [("b", 100), ("srv", 100)]
+
+
+async def test_isolation_writes_identities_once_per_key_and_no_point_of_a_poison_message(conn):
+    writer = await prepared(conn, "copy")
+    # Two reports of the same processes in one batch, each process's two samples side by side
+    # (so that the probes that pass hold both: one identity row per process, merged, as an
+    # upsert cannot update a row twice in one statement), and one poison message at the end.
+    first, second = steady_report(TS), steady_report(TS + 15)
+    messages = [m for m in first + second if m[0] != "p"]
+    messages += [m for pair in zip(first, second, strict=True) if pair[0][0] == "p"
+                 for m in pair]
+    messages.append(_poison_process("srv", 9005))
+
+    result = await writer.commit(conn, messages)
+
+    assert [index for index, _ in result.poison] == [len(messages) - 1]
+    assert result.handed_back == []
+    seen = await conn.fetch("SELECT pid, first_seen, last_seen FROM process_identities")
+    assert len(seen) == 10 and 9005 not in {r["pid"] for r in seen}
+    assert {(r["first_seen"].timestamp(), r["last_seen"].timestamp()) for r in seen} == {
+        (TS, TS + 15)}
+    assert await conn.fetchval("SELECT count(*) FROM process_points") == 20
+    assert await conn.fetchval("SELECT count(*) FROM process_group_points") == 4

@@ -1,0 +1,212 @@
+"""Process identities: the compact keys of the sample tables, and writing identities once.
+
+A sample row carries a 64-bit ``key`` instead of its process's identity (migrations/0003):
+
+- OS process: ``process_key(server_id, pid, start_time)``, group: ``group_key(server_id,
+  name)`` — the first 8 bytes of an md5 over the identity's bytes, exactly as the SQL
+  functions of the same names compute it (the migration converts old rows with those). The
+  worker derives a key without asking the database; keys already derived are memoised.
+- The identity rows (``process_identities``, ``process_groups``) are upserted in the batch's
+  transaction, before its points, in key order (two workers never wait on each other in a
+  cycle). ``IdentityWriter`` remembers what it has written and committed, and skips an
+  identity until a sample is ``REFRESH_S`` newer than the ``last_seen`` it wrote (or older
+  than its ``first_seen``): most batches write no identity at all, and ``last_seen`` stays
+  within a minute of the newest sample (45 s + one 15 s interval).
+- Collisions: the upsert only updates a row whose identity matches, and returns the keys it
+  wrote; a key missing from the answer (or two identities sharing a key in one batch) raises
+  ``KeyCollisionError``, a poison error: the message is dead-lettered, never merged with
+  another process's history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Any
+
+import asyncpg
+
+from agent.errors import ProcfleetError
+from digest_worker.timestamps import encode_timestamptz
+
+REFRESH_S = 45.0
+MEMO_MAX_ENTRIES = 500_000
+
+_len = struct.Struct("!i")
+_int64 = struct.Struct("!q")
+_md5 = hashlib.md5
+
+# Identity rows, in the order of the upserts below.
+IDENTITY_COLUMNS = ("key", "server_id", "pid", "start_time", "ppid", "session_id",
+                    "first_seen", "last_seen", "username", "name", "command", "tty",
+                    "session_name")
+GROUP_COLUMNS = ("key", "server_id", "first_seen", "last_seen", "name")
+FIRST, LAST = 6, 7  # first_seen / last_seen in an identity row
+G_FIRST, G_LAST = 2, 3
+
+_LATEST = "CASE WHEN EXCLUDED.last_seen >= t.last_seen THEN EXCLUDED.{c} ELSE t.{c} END"
+IDENTITY_UPSERT = f"""
+INSERT INTO process_identities AS t ({", ".join(IDENTITY_COLUMNS)})
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bigint[],
+                     $6::integer[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                     $10::text[], $11::text[], $12::text[], $13::text[])
+ON CONFLICT (key) DO UPDATE SET
+    first_seen = LEAST(t.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen),
+    {", ".join(f"{c} = {_LATEST.format(c=c)}" for c in IDENTITY_COLUMNS[8:] + ("ppid",
+                                                                             "session_id"))}
+WHERE t.server_id = EXCLUDED.server_id AND t.pid = EXCLUDED.pid
+  AND t.start_time = EXCLUDED.start_time
+RETURNING key
+"""
+GROUP_UPSERT = f"""
+INSERT INTO process_groups AS t ({", ".join(GROUP_COLUMNS)})
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+                     $5::text[])
+ON CONFLICT (key) DO UPDATE SET
+    first_seen = LEAST(t.first_seen, EXCLUDED.first_seen),
+    last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen)
+WHERE t.server_id = EXCLUDED.server_id AND t.name = EXCLUDED.name
+RETURNING key
+"""
+
+
+class KeyCollisionError(ProcfleetError, ValueError):
+    """Two identities hash to one key (a ValueError: the writer treats it as poison)."""
+
+    def __init__(self, key: int, identity: tuple[Any, ...]) -> None:
+        self.key, self.identity = key, identity
+        super().__init__(f"identity key {key} collides with another identity: {identity!r}")
+
+
+_process_keys: dict[tuple[Any, Any, Any], int] = {}
+_group_keys: dict[tuple[Any, Any], int] = {}
+
+
+def process_key(server_id: str, pid: int, start_time: float | str) -> int:
+    """The key of an OS process; ``start_time`` as the stream carries it (epoch seconds or
+    RFC 3339 text: the same instant gives the same key)."""
+    memo = (server_id, pid, start_time)
+    key = _process_keys.get(memo)
+    if key is None:
+        try:
+            server = server_id.encode()
+            data = _len.pack(len(server)) + server + _int64.pack(pid)
+        except (AttributeError, struct.error) as exc:
+            raise TypeError(f"bad process identity {memo!r}: {exc}") from None
+        data += encode_timestamptz(start_time)
+        key = int.from_bytes(_md5(data, usedforsecurity=False).digest()[:8], "big", signed=True)
+        if len(_process_keys) >= MEMO_MAX_ENTRIES:
+            _process_keys.clear()
+        _process_keys[memo] = key
+    return key
+
+
+def group_key(server_id: str, name: str) -> int:
+    """The key of a process_exporter series (server_id, name)."""
+    memo = (server_id, name)
+    key = _group_keys.get(memo)
+    if key is None:
+        try:
+            server = server_id.encode()
+            data = _len.pack(len(server)) + server + name.encode()
+        except AttributeError as exc:
+            raise TypeError(f"bad group identity {memo!r}: {exc}") from None
+        key = int.from_bytes(_md5(data, usedforsecurity=False).digest()[:8], "big", signed=True)
+        if len(_group_keys) >= MEMO_MAX_ENTRIES:
+            _group_keys.clear()
+        _group_keys[memo] = key
+    return key
+
+
+def same_start(a: Any, b: Any) -> bool:
+    return a == b or encode_timestamptz(a) == encode_timestamptz(b)
+
+
+class IdentityWriter:
+    """Upserts the identities of a batch that this worker has not written recently."""
+
+    def __init__(self, refresh_s: float = REFRESH_S,
+                 max_entries: int = MEMO_MAX_ENTRIES) -> None:
+        self.refresh_s = refresh_s
+        self.max_entries = max_entries
+        # key -> (first_seen, last_seen, identity) as last written and committed
+        self._processes: dict[int, tuple] = {}
+        self._groups: dict[int, tuple] = {}
+        self.written = 0
+
+    @property
+    def known_processes(self) -> dict[int, tuple]:
+        """key -> (first_seen, last_seen, (server_id, pid, start_time)) written and committed;
+        build_rows skips a sample inside that window (read only)."""
+        return self._processes
+
+    def _due(self, seen: dict[int, tuple], rows: dict[int, list], first: int,
+             last: int) -> list[list]:
+        due = []
+        refresh_s = self.refresh_s
+        for key, row in rows.items():
+            known = seen.get(key)
+            # A known key with another identity is written too: the upsert reports it.
+            if (known is None or row[first] < known[0] or row[last] > known[1] + refresh_s
+                    or known[2] != _identity(row, first)):
+                due.append(row)
+        due.sort(key=lambda r: r[0])
+        return due
+
+    async def write(self, conn: asyncpg.Connection, identities: dict[int, list],
+                    groups: dict[int, list]) -> None:
+        """Upsert the due identities of a batch (inside the batch's transaction)."""
+        for sql, rows, seen, first, last in (
+                (IDENTITY_UPSERT, identities, self._processes, FIRST, LAST),
+                (GROUP_UPSERT, groups, self._groups, G_FIRST, G_LAST)):
+            due = self._due(seen, rows, first, last)
+            if not due:
+                continue
+            written = {r["key"] for r in await conn.fetch(sql, *zip(*due, strict=True))}
+            self.written += len(written)
+            if len(written) != len(due):
+                row = next(r for r in due if r[0] not in written)
+                raise KeyCollisionError(row[0], tuple(row[1:4]))
+
+    def remember(self, identities: dict[int, list], groups: dict[int, list]) -> None:
+        """Call after COMMIT: these identities are in the database up to their last_seen."""
+        for rows, seen, first, last in ((identities, self._processes, FIRST, LAST),
+                                        (groups, self._groups, G_FIRST, G_LAST)):
+            if len(seen) + len(rows) > self.max_entries:
+                seen.clear()
+            for key, row in rows.items():
+                known = seen.get(key)
+                if known is None:
+                    seen[key] = (row[first], row[last], _identity(row, first))
+                elif row[last] > known[1] + self.refresh_s or row[first] < known[0]:
+                    seen[key] = (min(known[0], row[first]), max(known[1], row[last]), known[2])
+
+
+def merge_rows(rows: list[list], first: int) -> dict[int, list]:
+    """key -> one identity row from ``rows`` (process rows if ``first == FIRST``, group rows if
+    ``G_FIRST``) that may repeat a key: the widest first/last seen, the newest values, as
+    build_rows merges a batch's samples. The rows are not modified. Two identities under one
+    key raise ``KeyCollisionError``."""
+    last = first + 1
+    merged: dict[int, list] = {}
+    for row in rows:
+        have = merged.get(row[0])
+        if have is None:
+            merged[row[0]] = list(row)
+            continue
+        if _identity(have, first) != _identity(row, first) and not (
+                first == FIRST and have[1:3] == row[1:3] and same_start(have[3], row[3])):
+            raise KeyCollisionError(row[0], _identity(row, first))
+        if row[last] > have[last]:  # the newest sample's values win
+            have[first + 1:] = row[first + 1:]
+            if first == FIRST:
+                have[4:6] = row[4:6]
+        if row[first] < have[first]:
+            have[first] = row[first]
+    return merged
+
+
+def _identity(row: list, first: int) -> tuple:
+    """(server_id, pid, start_time) of an identity row, (server_id, name) of a group row."""
+    return (row[1], row[2], row[3]) if first == FIRST else (row[1], row[4])
