@@ -37,6 +37,24 @@ class Source:
 
 
 _SERVERS = "($3::text[] IS NULL OR s.server_id = ANY ($3::text[]))"
+# The samples of the window (and the LAG's lookback before it), hot rows and compacted history
+# alike (migrations 0003-0005), read through the functions that take the window and the
+# servers: the process_samples / process_group_samples views would decode every compacted
+# hour before filtering on ts.
+_WINDOW = ("$1::timestamptz - rollup_max_rate_gap(), $2::timestamptz, $3::text[]")
+_PROCESS_SAMPLES = f"""
+    SELECT i.server_id, p.ts, i.pid, i.start_time, i.ppid, i.username, i.name, i.command,
+           p.state, p.cpu_seconds_total, p.cpu_percent, p.memory_percent, p.rss_bytes,
+           p.vsz_bytes, i.tty, i.session_name, i.session_id
+    FROM process_points_between({_WINDOW}) p JOIN process_identities i ON i.key = p.key"""
+_GROUP_SAMPLES = f"""
+    SELECT g.server_id, p.ts, g.name, p.num_procs, p.cpu_user_seconds_total,
+           p.cpu_system_seconds_total, p.memory_resident_bytes, p.memory_virtual_bytes,
+           p.memory_swapped_bytes, p.num_threads, p.open_fds, p.read_bytes_total,
+           p.write_bytes_total, p.major_page_faults_total, p.minor_page_faults_total,
+           p.context_switches_voluntary_total, p.context_switches_nonvoluntary_total,
+           p.oldest_start_time
+    FROM process_group_points_between({_WINDOW}) p JOIN process_groups g ON g.key = p.key"""
 
 PROCESS_COLUMNS = (
     Column("server_id", TEXT), Column("ts", TS, "UTC"), Column("pid", INT64),
@@ -59,9 +77,7 @@ def processes_sql() -> str:
     return f"""
 WITH lagged AS (
     SELECT s.*, LAG(s.ts) OVER w AS prev_ts, LAG(s.cpu_seconds_total) OVER w AS prev_cpu
-    FROM process_samples s
-    WHERE s.ts >= $1::timestamptz - rollup_max_rate_gap() AND s.ts < $2::timestamptz
-      AND {_SERVERS}
+    FROM ({_PROCESS_SAMPLES}) s
     WINDOW w AS (PARTITION BY s.server_id, s.pid, s.start_time ORDER BY s.ts)
 ), rated AS (
     SELECT l.*,
@@ -120,9 +136,7 @@ WITH lagged AS (
     SELECT s.*, s.cpu_user_seconds_total + s.cpu_system_seconds_total AS cpu,
            LAG(s.ts) OVER w AS prev_ts,
            LAG(s.cpu_user_seconds_total + s.cpu_system_seconds_total) OVER w AS prev_cpu
-    FROM process_group_samples s
-    WHERE s.ts >= $1::timestamptz - rollup_max_rate_gap() AND s.ts < $2::timestamptz
-      AND {_SERVERS}
+    FROM ({_GROUP_SAMPLES}) s
     WINDOW w AS (PARTITION BY s.server_id, s.name ORDER BY s.ts)
 ), rated AS (
     SELECT l.*,

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
+from digest_worker.compaction import run_storage_upkeep
 from procfleet.cli import build_parser
 from procfleet.commands.export import main
 from procfleet.export.files import arrow_schema
@@ -297,3 +298,24 @@ async def test_command_lines_come_back_exactly_as_stored(db, database_url, tmp_p
     assert [r["command"] for r in back] == [command] * 4  # 0, 15, 30, 45 s
     assert back[0]["user"] == ""
     assert back[0]["tty"] in (None, "") and back[0]["session_id"] in (None, "")
+
+
+@pytest.mark.parametrize("source", ["processes", "groups"])
+@pytest.mark.parametrize("server", [None, "web-01"])
+async def test_compacted_hours_export_the_same_rows_as_hot_ones(seeded, db, database_url,
+                                                                tmp_path, source, server):
+    window = ["--from", iso(seeded), "--to", iso(seeded + timedelta(hours=1)), "--format",
+              "csv", "--source", source] + (["--server", server] if server else [])
+    hot_file, compacted_file = tmp_path / "hot.csv", tmp_path / "compacted.csv"
+    assert (await run_export(database_url, *window, "--out", str(hot_file)))[0] == 0
+
+    await run_storage_upkeep(db, now=seeded + timedelta(days=1), older_than=timedelta(0))
+    points = "process_points" if source == "processes" else "process_group_points"
+    assert await db.fetchval(f"SELECT count(*) FROM {points}") == 0
+    assert (await run_export(database_url, *window, "--out", str(compacted_file)))[0] == 0
+
+    hot, compacted = read_rows(hot_file, "csv"), read_rows(compacted_file, "csv")
+    assert hot and compacted == hot
+    assert {r["server_id"] for r in hot} == ({server} if server else {"web-01", "web-02",
+                                              "db-01"} if source == "groups"
+                                             else {"web-01", "web-02"})
