@@ -181,10 +181,11 @@ class Worker:
         return self.summary
 
     async def _create_pool(self) -> asyncpg.Pool:
-        # One connection each for the writer, partition upkeep and the rollup job, so that
-        # the periodic jobs never make a batch wait for a connection.
+        # One connection each for the writer, partition upkeep, the rollup job and the
+        # compaction job (which holds its connection for a whole run), so that the periodic
+        # jobs never make a batch wait for a connection.
         return await asyncpg.create_pool(
-            self.settings.database_url, min_size=1, max_size=3, init=self.writer.prepare,
+            self.settings.database_url, min_size=1, max_size=4, init=self.writer.prepare,
             command_timeout=60, timeout=self.settings.socket_timeout_s,
         )
 
