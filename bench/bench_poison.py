@@ -57,8 +57,8 @@ def load_writer(path: str):
 async def run_once(url: str, module, messages, timeout_s: float) -> dict:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("TRUNCATE servers, snapshots, process_group_samples, "
-                           "process_samples")
+        await conn.execute("TRUNCATE servers, snapshots, process_points, process_identities, "
+                           "process_group_points, process_groups")
         writer = module.BatchWriter("copy")
         await writer.prepare(conn)
         statements = 0
