@@ -356,3 +356,20 @@ def test_a_known_key_with_another_identity_is_not_skipped(monkeypatch):
     monkeypatch.setitem(identity._process_keys, ("s", 2, 50.0), key)  # forged collision
     rows = build_rows([process(pid=2)], writer)
     assert list(rows.identities) == [key] and rows.identities[key][2] == 2
+
+
+def test_identity_rows_of_one_key_merge_to_the_widest_span_and_newest_values():
+    from digest_worker.identity import FIRST, G_FIRST, merge_rows
+    older = [7, "s", 1, 50.0, 1, 10, 100.0, 100.0, "root", "old", "old -x", None, None]
+    newer = [7, "s", 1, 50.0, 2, 11, 130.0, 130.0, "root", "new", "new -y", None, None]
+    merged = merge_rows([newer, older], FIRST)
+    assert merged == {7: [7, "s", 1, 50.0, 2, 11, 100.0, 130.0, "root", "new", "new -y",
+                          None, None]}
+    assert older[6:8] == [100.0, 100.0]  # the rows themselves are left alone
+    groups = merge_rows([[9, "s", 120.0, 125.0, "nginx"], [9, "s", 100.0, 110.0, "nginx"]],
+                        G_FIRST)
+    assert groups == {9: [9, "s", 100.0, 125.0, "nginx"]}
+    with pytest.raises(KeyCollisionError):
+        merge_rows([older, [7, "s", 2, 50.0, *older[4:]]], FIRST)
+    with pytest.raises(KeyCollisionError):
+        merge_rows([[9, "s", 1.0, 1.0, "a"], [9, "s", 1.0, 1.0, "b"]], G_FIRST)
