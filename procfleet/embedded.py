@@ -273,9 +273,14 @@ def _pg_hba(host: str) -> str:
         "local all all scram-sha-256",
         "host  all all 127.0.0.1/32 scram-sha-256",
         "host  all all ::1/128 scram-sha-256",
+        # A streaming replica (pg_basebackup -R) connects to the replication pseudo-database,
+        # which "all" does not cover: the same password rule for it.
+        "local replication all scram-sha-256",
+        "host  replication all 127.0.0.1/32 scram-sha-256",
+        "host  replication all ::1/128 scram-sha-256",
     ]
     if host not in LOOPBACK_HOSTS:
-        lines.append("host  all all all scram-sha-256")
+        lines += ["host  all all all scram-sha-256", "host  replication all all scram-sha-256"]
     return "\n".join(lines) + "\n"
 
 

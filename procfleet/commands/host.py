@@ -9,9 +9,9 @@ through ``REDIS_URL``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
+
+from procfleet.commands.redis_admin import run_admin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,19 +54,4 @@ async def _run(args: argparse.Namespace, redis_url: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
-    from agent.errors import ConfigError
-    from ingest_gateway.settings import GatewaySettings, mask_url
-
-    try:
-        settings = GatewaySettings.from_env(os.environ)
-    except ConfigError as exc:
-        print(f"procfleet host: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_run(args, settings.redis_url))
-    except (RedisError, OSError) as exc:
-        print(f"procfleet host: cannot reach Redis at {mask_url(settings.redis_url)}: {exc}",
-              file=sys.stderr)
-        return 2
+    return run_admin("host", args, _run)

