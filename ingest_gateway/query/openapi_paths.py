@@ -282,8 +282,9 @@ PATHS: dict[str, Any] = {
     }},
     "/static/{file}": {"get": {
         "summary": "The dashboard's scripts and style sheet",
-        "parameters": [_param("file", "app.js, chart.js or app.css",
-                              {"enum": ["app.js", "chart.js", "app.css"]}, where="path",
+        "parameters": [_param("file", "app.js, chart.js, inventory.js or app.css",
+                              {"enum": ["app.js", "chart.js", "inventory.js", "app.css"]},
+                              where="path",
                               required=True)],
         "responses": {"200": {"description": "the file"},
                       "404": {"description": "no such file"}},

@@ -44,6 +44,7 @@ READ_SCOPE = "read"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
                 "chart.js": "text/javascript; charset=utf-8",
+                "inventory.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 QUERY_DB = web.AppKey("procfleet_query_db", QueryDatabase)
 # The page may load only its own files: no CDN, no third-party anything. No other site may
