@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "host": ("host", "list enrolled hosts, reset a host's enrollment"),
     "parse": ("parse", "parse a saved ps / tasklist output into JSON"),
     "top": ("top", "show the top processes from the API"),
+    "ps": ("ps", "find processes by name or command line across the fleet"),
     "mcp": ("mcp", "serve the MCP tools over stdio for LLM clients"),
     "export": ("export", "export samples or rollups to Parquet / CSV files"),
 }

@@ -138,6 +138,43 @@ SNAPSHOT_RESPONSE = {
 }
 
 
+_DATE_TIME = {"type": "string", "format": "date-time"}
+_INVENTORY_LIMIT = _param("limit", "At most this many rows (truncated says when more matched).",
+                          {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
+SEARCH_RESPONSE = {
+    "type": "object",
+    "required": ["q", "from", "to", "truncated", "processes"],
+    "properties": {
+        "q": {"type": "string"}, "from": _DATE_TIME, "to": _DATE_TIME,
+        "truncated": {"type": "boolean", "description": "more processes matched than limit"},
+        "processes": {"type": "array", "items": {"type": "object", "properties": {
+            "server_id": {"type": "string"}, "hostname": {"type": ["string", "null"]},
+            "pid": {"type": "integer"},
+            "start_time": {"type": ["string", "null"], "format": "date-time",
+                           "description": "null: unknown"},
+            "name": {"type": "string"}, "command": {"type": "string"},
+            "user": {"type": ["string", "null"]},
+            "first_seen": {**_DATE_TIME, "description": "first sample of this process"},
+            "last_seen": {**_DATE_TIME, "description": "last sample (at most ~1 min behind)"},
+        }}},
+    },
+}
+NEW_RESPONSE = {
+    "type": "object",
+    "required": ["since", "until", "truncated", "names"],
+    "properties": {
+        "since": _DATE_TIME, "until": _DATE_TIME, "truncated": {"type": "boolean"},
+        "names": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"},
+            "servers": {"type": "integer", "description": "servers where the name is new"},
+            "first_seen": {**_DATE_TIME, "description": "earliest start among them"},
+            "example_command": {"type": "string",
+                                "description": "the command line of that earliest process"},
+        }}},
+    },
+}
+
+
 def _responses(schema: dict[str, Any], *extra: str) -> dict[str, Any]:
     responses: dict[str, Any] = {
         "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
@@ -165,6 +202,33 @@ PATHS: dict[str, Any] = {
                               "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
                        _HOURS, _FROM, _TO, _SOURCE, _PATH],
         "responses": _responses(TOP_RESPONSE),
+    }},
+    "/api/processes/search": {"get": {
+        "summary": "Where a process runs or ran: processes whose name or command line "
+                   "contains q, live in the window",
+        "description": "q is a literal text matched case-insensitively (% and _ are not "
+                       "wildcards). A process is live in [from, to] when its first sample is "
+                       "at or before to and its last at or after from. Newest last_seen "
+                       "first; from the process inventory (one row per OS process).",
+        "security": _SECURITY,
+        "parameters": [_param("q", "Text to find in the name or the command line (1-256 "
+                              "characters).", {"type": "string", "minLength": 1,
+                                               "maxLength": 256}, required=True),
+                       _HOURS, _FROM, _TO, _SERVER_IDS, _INVENTORY_LIMIT],
+        "responses": _responses(SEARCH_RESPONSE),
+    }},
+    "/api/processes/new": {"get": {
+        "summary": "Process names new on servers since a moment, most servers first",
+        "description": "A name is new on a server when it was first seen there after since "
+                       "(and at or before until) and never at or before since in the retained "
+                       "history: a name restarting on a server that already ran it is not "
+                       "new. servers counts the servers where it is new.",
+        "security": _SECURITY,
+        "parameters": [_param("since", "RFC 3339 with a time zone.", _DATE_TIME,
+                              required=True),
+                       _param("until", "RFC 3339; default now; after since.", _DATE_TIME),
+                       _SERVER_IDS, _INVENTORY_LIMIT],
+        "responses": _responses(NEW_RESPONSE),
     }},
     "/api/processes/{name}/series": {"get": {
         "summary": "One process name over time (chart data)",
@@ -218,8 +282,9 @@ PATHS: dict[str, Any] = {
     }},
     "/static/{file}": {"get": {
         "summary": "The dashboard's scripts and style sheet",
-        "parameters": [_param("file", "app.js, chart.js or app.css",
-                              {"enum": ["app.js", "chart.js", "app.css"]}, where="path",
+        "parameters": [_param("file", "app.js, chart.js, inventory.js or app.css",
+                              {"enum": ["app.js", "chart.js", "inventory.js", "app.css"]},
+                              where="path",
                               required=True)],
         "responses": {"200": {"description": "the file"},
                       "404": {"description": "no such file"}},

@@ -1,6 +1,8 @@
 """Query routes (``read`` scope) and the dashboard, registered by ``app.create_app``.
 
     GET /api/processes/top                 top process names by CPU / memory
+    GET /api/processes/search              processes by name/command text (inventory)
+    GET /api/processes/new                 names new on a server since a moment
     GET /api/processes/{name}/series       one name over time
     GET /api/servers                       known servers
     GET /api/servers/{server_id}/processes latest snapshot of one host
@@ -26,6 +28,12 @@ from ingest_gateway.errors import GatewayError, json_response
 from ingest_gateway.guards import require_scope
 from ingest_gateway.query import openapi_paths
 from ingest_gateway.query.database import QueryDatabase
+from ingest_gateway.query.inventory import (
+    new_processes,
+    parse_new,
+    parse_search,
+    search_processes,
+)
 from ingest_gateway.query.params import parse_series, parse_top
 from ingest_gateway.query.replication import replication_status
 from ingest_gateway.query.series import process_series
@@ -36,6 +44,7 @@ READ_SCOPE = "read"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8",
                 "chart.js": "text/javascript; charset=utf-8",
+                "inventory.js": "text/javascript; charset=utf-8",
                 "app.css": "text/css; charset=utf-8"}
 QUERY_DB = web.AppKey("procfleet_query_db", QueryDatabase)
 # The page may load only its own files: no CDN, no third-party anything. No other site may
@@ -85,6 +94,26 @@ async def series(request: web.Request) -> web.Response:
             retention_days=request.app[SETTINGS].retention_days)
     _note(request, started_s, query_path=result.plan.path, points=len(result.points))
     return json_response(result.as_json())
+
+
+async def search(request: web.Request) -> web.Response:
+    await require_scope(request, READ_SCOPE)
+    params = parse_search(request.query, _now())
+    started_s = time.monotonic()
+    async with request.app[QUERY_DB].connection() as conn:
+        body = await search_processes(conn, params)
+    _note(request, started_s, rows=len(body["processes"]))
+    return json_response(body)
+
+
+async def new(request: web.Request) -> web.Response:
+    await require_scope(request, READ_SCOPE)
+    params = parse_new(request.query, _now())
+    started_s = time.monotonic()
+    async with request.app[QUERY_DB].connection() as conn:
+        body = await new_processes(conn, params)
+    _note(request, started_s, rows=len(body["names"]))
+    return json_response(body)
 
 
 async def servers(request: web.Request) -> web.Response:
@@ -139,6 +168,8 @@ def setup(app: web.Application) -> None:
                                   retry_after_s=settings.retry_after_s)
     app.cleanup_ctx.append(_database)
     app.router.add_get("/api/processes/top", top)
+    app.router.add_get("/api/processes/search", search)
+    app.router.add_get("/api/processes/new", new)
     # Names may contain "/" (kworker/0:1): the client percent-encodes it.
     app.router.add_get("/api/processes/{name:.+}/series", series)
     app.router.add_get("/api/servers", servers)

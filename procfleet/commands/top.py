@@ -61,10 +61,17 @@ def query_params(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def fetch_top(client: httpx.Client, params: list[tuple[str, str]]) -> dict[str, Any]:
     """The API's answer, or ``TopError`` with the gateway's reason."""
+    return fetch_json(client, TOP_PATH, params)
+
+
+def fetch_json(client: httpx.Client, path: str, params: list[tuple[str, str]]
+               ) -> dict[str, Any]:
+    """GET ``path`` of the query API: its JSON answer, or ``TopError`` with the gateway's
+    reason (shared by the API's command-line clients)."""
     import httpx
 
     try:
-        response = client.get(TOP_PATH, params=params)
+        response = client.get(path, params=params)
     except httpx.HTTPError as exc:
         raise TopError(f"cannot reach the gateway at {client.base_url}: {exc}") from None
     if response.status_code != 200:

@@ -277,7 +277,8 @@ async def test_dashboard_is_served_without_a_token(query_gateway):
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "/static/app.js" in html and "/static/app.css" in html
-    for asset in ("/static/app.js", "/static/chart.js", "/static/app.css"):
+    for asset in ("/static/app.js", "/static/chart.js", "/static/inventory.js",
+                  "/static/app.css"):
         assert (await query_gateway.client.get(asset)).status == 200, asset
     for other in ("/static/index.html", "/static/..%2Fsettings.py", "/static/nope.js"):
         assert (await query_gateway.client.get(other)).status == 404, other

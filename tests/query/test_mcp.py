@@ -16,7 +16,14 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from ingest_gateway.query.mcp.api import ApiError
-from ingest_gateway.query.mcp.tools import UNITS_HOST, UNITS_SERIES, UNITS_SERVERS, UNITS_TOP
+from ingest_gateway.query.mcp.tools import (
+    UNITS_HOST,
+    UNITS_NEW,
+    UNITS_SEARCH,
+    UNITS_SERIES,
+    UNITS_SERVERS,
+    UNITS_TOP,
+)
 from procfleet.commands.mcp import HttpApi, http_client
 from tests.query.query_seed import (
     base_time,
@@ -28,7 +35,8 @@ from tests.query.query_seed import (
 
 pytestmark = pytest.mark.integration
 
-TOOLS = {"top_processes", "process_series", "list_servers", "host_processes"}
+TOOLS = {"top_processes", "process_series", "list_servers", "host_processes",
+         "search_processes", "new_processes"}
 
 
 def iso(moment) -> str:
@@ -73,6 +81,7 @@ def calls(gw):
     start, end = iso(gw.base), iso(gw.base + timedelta(minutes=30))
     window = {"from_time": start, "to_time": end}
     api_window = {"from": start, "to": end}
+    since = iso(gw.base - timedelta(minutes=1))
     return [
         ("top_processes", {**window, "metric": "cpu", "limit": 5},
          "/api/processes/top", {**api_window, "metric": "cpu", "limit": "5"}, UNITS_TOP),
@@ -86,6 +95,11 @@ def calls(gw):
         ("list_servers", {}, "/api/servers", None, UNITS_SERVERS),
         ("host_processes", {"server_id": "web-01", "source": "processes"},
          "/api/servers/web-01/processes", {"source": "processes", "limit": "50"}, UNITS_HOST),
+        ("search_processes", {**window, "query": "PYTHON", "server_ids": ["web-01"]},
+         "/api/processes/search", [("q", "PYTHON"), ("limit", "100"), ("from", start),
+                                   ("to", end), ("server_ids[]", "web-01")], UNITS_SEARCH),
+        ("new_processes", {"since": since, "until": end, "limit": 10},
+         "/api/processes/new", {"since": since, "until": end, "limit": "10"}, UNITS_NEW),
     ]
 
 
@@ -106,6 +120,11 @@ async def check_every_tool_equals_the_api(client, gw):
     top = (await client.call_tool("top_processes", calls(gw)[0][1])).structured_content
     assert [p["name"] for p in top["processes"]] == ["postgres", "nginx"]
     assert top["processes"][1]["avg_cpu_percent"] == pytest.approx(75, abs=3)
+    found = (await client.call_tool("search_processes", calls(gw)[5][1])).structured_content
+    assert [(p["server_id"], p["pid"], p["name"]) for p in found["processes"]] == [
+        ("web-01", 4242, "python3")]
+    new = (await client.call_tool("new_processes", calls(gw)[6][1])).structured_content
+    assert [(n["name"], n["servers"]) for n in new["names"]] == [("python3", 1)]
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])  # 2026-07-28, and the initialize era
@@ -138,6 +157,11 @@ async def test_bad_arguments_are_tool_errors_naming_the_argument_or_api_reason(g
         assert "to: must be at least one minute after from" in result.content[0].text
         result = await client.call_tool("host_processes", {"server_id": "nope"})
         assert result.is_error and "HTTP 404: server_id: no such server" in (
+            result.content[0].text)
+        result = await client.call_tool("search_processes", {"query": "x" * 257})
+        assert result.is_error and "query" in result.content[0].text
+        result = await client.call_tool("new_processes", {"since": "yesterday"})
+        assert result.is_error and "HTTP 400: since: must be an RFC 3339" in (
             result.content[0].text)
         # the server is still answering after the errors
         assert not (await client.call_tool("list_servers", {})).is_error

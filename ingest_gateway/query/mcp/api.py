@@ -23,6 +23,8 @@ from agent.errors import ProcfleetError
 
 TOP_PATH = "/api/processes/top"
 SERVERS_PATH = "/api/servers"
+SEARCH_PATH = "/api/processes/search"
+NEW_PATH = "/api/processes/new"
 _SERIES_PATH = re.compile(r"/api/processes/(?P<name>.+)/series")
 _SNAPSHOT_PATH = re.compile(r"/api/servers/(?P<server_id>[^/]+)/processes")
 Params = list[tuple[str, str]]
@@ -90,5 +92,19 @@ class InProcessApi:
             if snapshot is None:
                 raise ApiError(404, "server_id", "no such server", server_id)
             return snapshot
-        # Search and "new since" (the fleet inventory) go here once their routes exist.
+        if path in (SEARCH_PATH, NEW_PATH):
+            from ingest_gateway.query.inventory import (
+                new_processes,
+                parse_new,
+                parse_search,
+                search_processes,
+            )
+
+            if path == SEARCH_PATH:
+                search = parse_search(query, now)
+                async with self.database.connection() as conn:
+                    return await search_processes(conn, search)
+            new = parse_new(query, now)
+            async with self.database.connection() as conn:
+                return await new_processes(conn, new)
         raise ApiError(404, "path", "no such query route", path)

@@ -16,7 +16,15 @@ from urllib.parse import quote
 
 from pydantic import Field
 
-from ingest_gateway.query.mcp.api import SERVERS_PATH, TOP_PATH, ApiError, Params, QueryApi
+from ingest_gateway.query.mcp.api import (
+    NEW_PATH,
+    SEARCH_PATH,
+    SERVERS_PATH,
+    TOP_PATH,
+    ApiError,
+    Params,
+    QueryApi,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,8 @@ INSTRUCTIONS = (
     "for up to 168 hours back. CPU is in percent of one core (100 = one core fully busy), "
     "summed over the selected servers; memory is resident memory in MiB. Start with "
     "list_servers to learn the server ids, then top_processes, process_series or "
-    "host_processes.")
+    "host_processes; search_processes finds where a process runs or ran by its name or "
+    "command line, new_processes lists what started running on servers since a moment.")
 
 CPU_PERCENT = "percent of one CPU core (100 = one core fully busy)"
 UNITS_TOP = {
@@ -54,6 +63,16 @@ UNITS_HOST = {
     "memory_mb": "MiB of resident memory", "vsz_mb": "MiB of virtual memory",
     "memory_percent": "percent of the host's RAM, as ps reports it", "ts": "UTC",
     "start_time": "UTC (null: unknown)",
+}
+UNITS_SEARCH = {
+    "start_time": "UTC (null: unknown)", "first_seen": "UTC, the process's first sample",
+    "last_seen": "UTC, its last sample (at most about a minute behind)", "from": "UTC",
+    "to": "UTC", "truncated": "true when more processes matched than limit",
+}
+UNITS_NEW = {
+    "servers": "servers where the name is new (not seen there before since)",
+    "first_seen": "UTC, the earliest first sample among those servers", "since": "UTC",
+    "until": "UTC", "truncated": "true when more names were new than limit",
 }
 
 Metric = Annotated[Literal["cpu", "memory"], Field(
@@ -185,7 +204,44 @@ def build_server(api: QueryApi):
         "What one server runs now: its newest collection of processes (pid, user, command "
         "line as stored, state, start time) or groups, with CPU over the last interval and "
         "resident memory, sorted."))
-    # Search and "new since" (the fleet inventory, /api/processes/search and /new) become
-    # tools here once those routes exist: a function calling _get(api, path, params) plus
-    # an add_tool with a precise description.
+    async def search_processes(
+        query: Annotated[str, Field(min_length=1, max_length=256, description=(
+            "text to find in process names and command lines: literal (no wildcards), "
+            "case-insensitive"))],
+        hours: Hours = 1,
+        from_time: Timestamp = None,
+        to_time: Timestamp = None,
+        server_ids: ServerIds = None,
+        limit: Annotated[int, Field(ge=1, le=1000, description="at most this many "
+                                                               "processes (1-1000)")] = 100,
+    ) -> dict[str, Any]:
+        params = [("q", query), ("limit", str(limit)),
+                  *window_params(hours, from_time, to_time), *server_params(server_ids)]
+        return with_units(await _get(api, SEARCH_PATH, params), UNITS_SEARCH)
+
+    async def new_processes(
+        since: Annotated[str, Field(min_length=1, max_length=40, description=(
+            "RFC 3339 with a time zone, e.g. 2026-01-01T10:00:00Z: names first seen on a "
+            "server after this moment and never before it there"))],
+        until: Annotated[str | None, Field(max_length=40, description=(
+            "RFC 3339 with a time zone, after since; omit for now"))] = None,
+        server_ids: ServerIds = None,
+        limit: Annotated[int, Field(ge=1, le=1000, description="at most this many names "
+                                                               "(1-1000)")] = 100,
+    ) -> dict[str, Any]:
+        params = [("since", since), ("limit", str(limit)), *server_params(server_ids)]
+        if until is not None:
+            params.append(("until", until))
+        return with_units(await _get(api, NEW_PATH, params), UNITS_NEW)
+
+    server.add_tool(search_processes, annotations=read_only, description=(
+        "Where a process runs or ran: every OS process (server, hostname, pid, start time, "
+        "name, command line, user, first and last seen) whose name or command line contains "
+        "the text, alive at some point in the window, newest first. Use it for 'where is X "
+        "running' or 'was X running yesterday'."))
+    server.add_tool(new_processes, annotations=read_only, description=(
+        "Process names that started running on servers since a moment and had never run on "
+        "those servers before it (restarts of known names are not new), with how many servers, "
+        "when first and an example command line, most servers first: 'what is new on the "
+        "fleet since yesterday'. until defaults to now."))
     return server

@@ -1,0 +1,164 @@
+"""The fleet process inventory, read from ``process_identities`` (one row per OS process).
+
+    GET /api/processes/search  processes whose name or command contains a text, live in a window
+    GET /api/processes/new     names first seen on a server since a moment, new to that server
+
+An identity is live in ``[from, to]`` when ``first_seen <= to`` and ``last_seen >= from``.
+``q`` is a literal substring, matched case-insensitively: ``%``, ``_`` and ``\\`` in it are
+escaped, never wildcards. A name is new on a server when its earliest identity there started
+after ``since``: a restart of a name the server already ran (same name, new pid) is not new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ingest_gateway.query.params import (
+    TimeRange,
+    bad,
+    parse_int,
+    parse_server_ids,
+    parse_time_range,
+    parse_timestamp,
+)
+from ingest_gateway.query.top import iso
+
+MAX_QUERY_CHARS = 256
+MAX_INVENTORY_LIMIT, DEFAULT_INVENTORY_LIMIT = 1000, 100
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """``GET /api/processes/search``: ``q`` literal text, the window, servers, ``limit``."""
+
+    q: str
+    time_range: TimeRange
+    server_ids: tuple[str, ...] | None = None
+    limit: int = DEFAULT_INVENTORY_LIMIT
+
+
+@dataclass(frozen=True)
+class NewParams:
+    """``GET /api/processes/new``: names new on a server in ``(since, until]``."""
+
+    since: datetime
+    until: datetime
+    server_ids: tuple[str, ...] | None = None
+    limit: int = DEFAULT_INVENTORY_LIMIT
+
+
+def _limit(query: Mapping[str, str]) -> int:
+    value = parse_int(query, "limit", 1, MAX_INVENTORY_LIMIT, DEFAULT_INVENTORY_LIMIT)
+    return value or DEFAULT_INVENTORY_LIMIT
+
+
+def parse_search(query: Mapping[str, str], now: datetime) -> SearchParams:
+    q = query.get("q")
+    getall = getattr(query, "getall", None)
+    if getall is not None and len(getall("q", [])) > 1:
+        raise bad("q", "given more than once", getall("q")[:3])
+    if q is None or not q.strip():
+        raise bad("q", "is required and may not be blank", q)
+    if len(q) > MAX_QUERY_CHARS:
+        raise bad("q", f"must have at most {MAX_QUERY_CHARS} characters", len(q))
+    return SearchParams(q=q, time_range=parse_time_range(query, now),
+                        server_ids=parse_server_ids(query), limit=_limit(query))
+
+
+def parse_new(query: Mapping[str, str], now: datetime) -> NewParams:
+    getall = getattr(query, "getall", None)
+    for name in ("since", "until"):
+        if getall is not None and len(getall(name, [])) > 1:
+            raise bad(name, "given more than once", getall(name)[:3])
+    since_raw, until_raw = query.get("since"), query.get("until")
+    if not since_raw:
+        raise bad("since", "is required (RFC 3339, e.g. 2026-01-01T10:00:00Z)", since_raw)
+    since = parse_timestamp("since", since_raw)
+    until = parse_timestamp("until", until_raw) if until_raw else now
+    if since >= until:
+        raise bad("since", "must be before until (default: now)", since_raw)
+    return NewParams(since=since, until=until, server_ids=parse_server_ids(query),
+                     limit=_limit(query))
+
+
+def like_literal(text: str) -> str:
+    """``text`` as a LIKE pattern matching it anywhere, literally (escape character ``\\``)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+_SEARCH_SQL = r"""
+SELECT i.server_id, s.hostname, i.pid, i.start_time, i.name, i.command, i.username,
+       i.first_seen, i.last_seen
+FROM process_identities i LEFT JOIN servers s ON s.server_id = i.server_id
+WHERE (i.name ILIKE $1 ESCAPE '\' OR i.command ILIKE $1 ESCAPE '\')
+  AND i.first_seen <= $3 AND i.last_seen >= $2
+  AND ($4::text[] IS NULL OR i.server_id = ANY ($4::text[]))
+ORDER BY i.last_seen DESC, i.server_id, i.pid
+LIMIT $5
+"""
+
+
+async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> dict[str, Any]:
+    """The processes matching ``params.q`` in the window, newest ``last_seen`` first."""
+    window = params.time_range
+    server_ids = list(params.server_ids) if params.server_ids is not None else None
+    # One row more than asked says whether the answer was cut.
+    rows = await conn.fetch(_SEARCH_SQL, like_literal(params.q), window.start, window.end,
+                            server_ids, params.limit + 1)
+    return {
+        "q": params.q, "from": iso(window.start), "to": iso(window.end),
+        "truncated": len(rows) > params.limit,
+        "processes": [{
+            "server_id": r["server_id"], "hostname": r["hostname"], "pid": r["pid"],
+            # The agent sends the epoch when it does not know a process's start time.
+            "start_time": iso(r["start_time"]) if r["start_time"].timestamp() > 0 else None,
+            "name": r["name"], "command": r["command"], "user": r["username"],
+            "first_seen": iso(r["first_seen"]), "last_seen": iso(r["last_seen"]),
+        } for r in rows[:params.limit]],
+    }
+
+
+# Per (server, name) first seen in (since, until] and never seen there at or before since;
+# then per name: how many servers, the earliest first_seen and that identity's command.
+_NEW_SQL = """
+WITH fresh AS (
+    SELECT i.server_id, i.name, min(i.first_seen) AS first_seen,
+           (array_agg(i.command ORDER BY i.first_seen, i.pid))[1] AS command
+    FROM process_identities i
+    WHERE i.first_seen > $1 AND i.first_seen <= $2
+      AND ($3::text[] IS NULL OR i.server_id = ANY ($3::text[]))
+    GROUP BY i.server_id, i.name
+), new AS (
+    SELECT f.* FROM fresh f
+    WHERE NOT EXISTS (SELECT 1 FROM process_identities o
+                      WHERE o.server_id = f.server_id AND o.name = f.name
+                        AND o.first_seen <= $1)
+)
+SELECT n.name, count(*) AS servers, min(n.first_seen) AS first_seen,
+       (array_agg(n.command ORDER BY n.first_seen, n.server_id))[1] AS example_command
+FROM new n
+GROUP BY n.name
+ORDER BY servers DESC, first_seen, n.name
+LIMIT $4
+"""
+
+
+async def new_processes(conn: asyncpg.Connection, params: NewParams) -> dict[str, Any]:
+    """The names new on at least one server since ``params.since``, most servers first."""
+    server_ids = list(params.server_ids) if params.server_ids is not None else None
+    rows = await conn.fetch(_NEW_SQL, params.since, params.until, server_ids,
+                            params.limit + 1)
+    return {
+        "since": iso(params.since), "until": iso(params.until),
+        "truncated": len(rows) > params.limit,
+        "names": [{
+            "name": r["name"], "servers": r["servers"], "first_seen": iso(r["first_seen"]),
+            "example_command": r["example_command"],
+        } for r in rows[:params.limit]],
+    }
