@@ -106,12 +106,14 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
     With ``identities`` (the writer's), a sample whose identity that writer has written and
     committed within its refresh window adds no identity row: most samples, in steady state.
     Server sighting times are clamped to ``clock()`` (epoch seconds)."""
-    known = identities.known_processes if identities is not None else {}
+    known_get = (identities.known_processes if identities is not None else {}).get
     refresh_s = identities.refresh_s if identities is not None else 0.0
+    keys_get = _identity._process_keys.get  # cleared in place, never replaced
     now_s = clock()
     out = TableRows()
     tables = out.tables
     by_kind = {kind: tables[table] for kind, table in TABLE_OF_KIND.items()}
+    points = by_kind["p"]
     servers = out.servers
     last_server, seen = None, None
     for kind, row in messages:
@@ -120,7 +122,23 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
             raise TypeError(f"ts must be epoch seconds, got {ts!r}")
         seen_s = ts if ts <= now_s else now_s
         if kind == "p":
-            _add_process(out, by_kind["p"], row, known, refresh_s)
+            # The hot path, inline (a call per row is measurable): index the row, memoised
+            # key first, and no identity row for one written and committed within the
+            # refresh window (written: (first_seen, last_seen, identity)).
+            if len(row) != 17:  # the decoder checks it; a short row must not be an IndexError
+                raise ValueError(f"a process row has 17 columns, got {len(row)}")
+            pid, start = row[2], row[3]
+            if start is None:
+                start = UNKNOWN_START_TIME
+            memo = (server_id, pid, start)
+            key = keys_get(memo)
+            if key is None:
+                key = process_key(server_id, pid, start)
+            points.append((key, ts, row[9], row[12], row[13], row[10], row[11], row[8]))
+            written = known_get(key)
+            if written is None or not written[0] <= ts <= written[1] + refresh_s or (
+                    written[2] != memo):
+                _add_identity(out.identities, key, memo, row)
         elif kind == "g":
             _add_group(out, by_kind["g"], row)
         elif kind == "h":
@@ -146,30 +164,18 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
     return out
 
 
-def _add_process(out: TableRows, points: list, row: Sequence[Any], known: dict,
-                 refresh_s: float) -> None:
-    # Hot path (every process sample): index the row, no unpacking, memoised key first.
-    if len(row) != 17:  # the stream decoder checks it; a short row must not be an IndexError
-        raise ValueError(f"a process row has 17 columns, got {len(row)}")
-    server_id, ts, pid, start = row[0], row[1], row[2], row[3]
-    if start is None:
-        start = UNKNOWN_START_TIME
-    memo = (server_id, pid, start)
-    key = _identity._process_keys.get(memo)
-    if key is None:
-        key = process_key(server_id, pid, start)
-    points.append((key, ts, row[9], row[12], row[13], row[10], row[11], row[8]))
-    written = known.get(key)  # (first_seen, last_seen, identity) as committed by this worker
-    if written is not None and written[0] <= ts <= written[1] + refresh_s and (
-            written[2] == memo):
-        return
-    identity = out.identities.get(key)
+def _add_identity(identities: dict[int, list], key: int, memo: tuple, row: Sequence[Any]
+                  ) -> None:
+    """Add or merge the identity of a process sample into the batch's ``identities``."""
+    server_id, pid, start = memo
+    ts = row[1]
+    identity = identities.get(key)
     if identity is None:
-        out.identities[key] = [key, server_id, pid, start, row[4], row[16], ts, ts, row[5],
-                               row[6], row[7], row[14], row[15]]
+        identities[key] = [key, server_id, pid, start, row[4], row[16], ts, ts, row[5],
+                           row[6], row[7], row[14], row[15]]
         return
     if identity[1] != server_id or identity[2] != pid or not same_start(identity[3], start):
-        raise KeyCollisionError(key, (server_id, pid, start))
+        raise KeyCollisionError(key, memo)
     if ts > identity[7]:  # the newest sample's values win
         identity[4:6] = row[4], row[16]
         identity[7:] = ts, row[5], row[6], row[7], row[14], row[15]

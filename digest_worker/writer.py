@@ -19,8 +19,9 @@ A batch that fails because of its *data* (see ``is_poison``) is isolated in one 
 (``_Isolation``): its rows are built once, per message, then bisected per table where each probe
 is *one* statement (``INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING``) under a
 savepoint; a probe that passes has written its rows, a probe that fails is split in two. The
-identities are probed first, the same way (one upsert per probe, rows of one key merged), and a
-message whose identity is not written writes no point. So k poison messages in a batch of n
+identities are probed first, the same way (one upsert per probe, rows of one key merged, after
+a ``COPY`` to the identities' staging table: identity.py), and a message whose identity is not
+written writes no point. So k poison messages in a batch of n
 cost at most ~2·k·log2(n) probes per table (3 statements each), and nothing is staged
 again. The servers upsert then runs once for the messages that landed (bisected the same way
 only if it fails itself). The poison messages are reported back (the worker dead-letters
@@ -129,9 +130,10 @@ class BatchWriter:
         self.identities = IdentityWriter()
 
     async def prepare(self, conn: asyncpg.Connection) -> None:
-        """Install the timestamp codec, create this connection's staging tables and learn
-        the column types for unnest."""
+        """Install the timestamp codec, create this connection's staging tables (points and
+        identities) and learn the column types for unnest."""
         await install_codec(conn)
+        await self.identities.prepare(conn)
         for table, columns in TABLE_COLUMNS.items():
             target = TABLE_TARGET[table]
             await conn.execute(
