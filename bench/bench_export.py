@@ -157,7 +157,7 @@ def main() -> None:
         try:
             asyncio.run(with_database(server.url, args, work))
         finally:
-            server.stop()
+            server.remove()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -316,6 +316,12 @@ async def main(args: argparse.Namespace, scratch: Path) -> None:
     finally:
         for server in servers:
             server.stop()
+        # As root, PostgreSQL's data lives under procfleet's private root, not in the scratch
+        # directory main's caller deletes; --keep keeps everything for a look.
+        if not args.keep and not os.environ.get("DATABASE_URL"):
+            for server in servers:
+                if isinstance(server, EmbeddedPostgres):
+                    server.remove()
 
 
 def print_cluster(run: Run) -> None:

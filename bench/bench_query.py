@@ -316,7 +316,7 @@ def main() -> None:
     try:
         asyncio.run(with_database(server.url, args))
     finally:
-        server.stop()
+        server.remove()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

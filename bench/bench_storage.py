@@ -256,7 +256,7 @@ def main() -> None:
     try:
         asyncio.run(with_databases(server.url, args))
     finally:
-        server.stop()
+        server.remove()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -137,7 +137,8 @@ async def prefill(redis_url: str, messages: list) -> None:
             await pipe.execute()
     await pipe.execute()
     for shard in range(SHARDS):
-        await client.xgroup_create(stream.sample_stream(shard), stream.GROUP, id="0")
+        await client.xgroup_create(stream.sample_stream(shard), stream.GROUP, id="0",
+                                   mkstream=True)  # a small run may leave a shard empty
     await client.aclose()
 
 
@@ -395,5 +396,5 @@ if __name__ == "__main__":
         asyncio.run(main(arguments, redis_url, admin_url, pids))
     finally:
         for server in servers:
-            server.stop()
+            server.remove()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -126,6 +126,12 @@ class _Server:
                 f"(choose another port, or point procfleet at that server with a URL)"
             )
 
+    def remove(self) -> None:
+        """Stop, then delete the server's data wherever it lives (as root, PostgreSQL's is
+        under procfleet's private root, not below the directory the caller asked for)."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM and wait; SIGKILL if it does not stop in time."""
         if self.proc is None or self.proc.poll() is not None:
@@ -404,6 +410,3 @@ class EmbeddedPostgres(_Server):
             self.proc.send_signal(signal.SIGINT)
         super().stop(timeout_s)
 
-    def remove(self) -> None:
-        self.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
