@@ -352,6 +352,11 @@ class Settings:
                     raise ConfigError(source, exc.value, exc.reason) from None
             raise
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Self:
+        """Settings of a program that has no file: the environment, then ``overrides``."""
+        return cls.load(environ, **overrides)
+
     def with_overrides(self, **changes: Any) -> Self:
         """A copy with some settings changed (checked again)."""
         return dataclasses.replace(self, **changes)

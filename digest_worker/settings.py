@@ -90,9 +90,3 @@ class WorkerSettings(Settings):
         if self.block_ms / 1000 > self.socket_timeout_s / 2:
             raise self.invalid(
                 "block_ms", f"must be at most half of socket_timeout_s={self.socket_timeout_s}")
-
-    @classmethod
-    def from_env(cls, environ, **overrides) -> WorkerSettings:
-        """Settings from environment variables, then ``overrides`` (command-line options;
-        ``None`` values are ignored)."""
-        return cls.load(environ, **overrides)

@@ -101,8 +101,3 @@ class GatewaySettings(Settings):
     def effective_query_database_url(self) -> str:
         """The query API's database: ``PROCFLEET_QUERY_DATABASE_URL``, else ``DATABASE_URL``."""
         return self.query_database_url or self.database_url
-
-    @classmethod
-    def from_env(cls, environ, **overrides) -> GatewaySettings:
-        """Settings from environment variables (unset or blank = default), then ``overrides``."""
-        return cls.load(environ, **overrides)
