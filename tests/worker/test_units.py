@@ -170,6 +170,33 @@ def test_a_sighting_never_moves_past_the_clock_but_samples_keep_their_ts():
     assert [row[1] for row in rows.tables["process_samples"]] == [8_000.0, 500.0]
 
 
+def test_identity_sightings_never_move_past_the_clock_nor_refresh_every_batch():
+    from digest_worker.identity import IdentityWriter
+    writer = IdentityWriter(refresh_s=45.0)
+    rows = build_rows([process("a", 8_000.0), process("a", 500.0, pid=2),
+                       ("g", ("a", 9_000.0, "nginx", *[None] * 15))], writer,
+                      clock=lambda: 1_000.0)
+    assert sorted(row[6:8] for row in rows.identities.values()) == [[500.0, 500.0],
+                                                                     [1_000.0, 1_000.0]]
+    assert [row[2:4] for row in rows.groups.values()] == [[1_000.0, 1_000.0]]
+    writer.remember(rows.identities, rows.groups)
+    # the host stays an hour ahead: its identities are due once per refresh window of this
+    # worker's clock, not at every sample
+    later = [process("a", 8_030.0), ("g", ("a", 9_030.0, "nginx", *[None] * 15))]
+    assert build_rows(later, writer, clock=lambda: 1_030.0).identities == {}
+    due = build_rows(later, writer, clock=lambda: 1_050.0)
+    assert [row[7] for row in due.identities.values()] == [1_050.0]
+    assert [row[3] for row in due.groups.values()] == [1_050.0]
+
+
+def test_points_list_their_server_and_ts_once_for_the_late_marks():
+    group = ("g", ("a", 100.0, "nginx", *[None] * 15))
+    rows = build_rows([process("a", 100.0), process("a", 100.0, pid=2), group,
+                       process("b", 100.0), process("a", 115.0), process("a", 100.0, pid=3)])
+    assert rows.late_marks == {"processes": {("a", 100.0), ("b", 100.0), ("a", 115.0)},
+                               "groups": {("a", 100.0)}}
+
+
 @pytest.mark.parametrize("bad", [
     process(ts="yesterday"), process(server_id=7), ("h", (["x"], 1.0, *[None] * 6)),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime
 
 import asyncpg
@@ -142,6 +143,42 @@ async def test_isolation_costs_one_statement_per_probe_and_upserts_servers_once(
     n, k = len(messages), len(poison_at)
     assert 1 <= probes <= 2 * k * math.ceil(math.log2(n)) + 1
     assert sum(q.startswith("INSERT INTO process_points") for q in isolation) == 1
+
+
+async def test_late_points_are_marked_for_the_rollups_once_as_the_triggers_would(conn):
+    # TS is in the past: late. The writer marks its batch's late points itself (the triggers
+    # skip its transaction, migrations/0009: each mark once); isolation goes through the
+    # triggers: the same marks.
+    writer = await prepared(conn, "copy")
+    fresh = report_messages("fresh", time.time())
+    await writer.commit(conn, [*report_messages("a", TS), *report_messages("a", TS + 60),
+                               *fresh])
+    poison = _poison_process("b", 9000)
+    result = await writer.commit(conn, [*report_messages("b", TS), poison,
+                                        *report_messages("b", TS + 60)])
+    assert len(result.poison) == 1
+
+    rows = await conn.fetch("SELECT source, server_id, extract(epoch FROM ts)::float8 AS m "
+                            "FROM rollup_dirty ORDER BY 1, 2, 3")
+    minutes = [TS - TS % 60, TS + 60 - TS % 60]
+    assert [(r["source"], r["server_id"], r["m"]) for r in rows] == [
+        (source, server, minute) for source in ("groups", "processes")
+        for server in ("a", "b") for minute in minutes]
+
+
+async def test_identity_and_server_sightings_stay_behind_the_workers_clock(conn):
+    writer = await prepared(conn, "copy")
+    ahead = time.time() + 3600  # a host whose clock is an hour ahead
+    await writer.commit(conn, report_messages("ahead", ahead))
+    now = await conn.fetchval("SELECT extract(epoch FROM now())::float8")
+    for table, column in (("process_identities", "last_seen"), ("process_groups", "last_seen"),
+                          ("servers", "last_seen_at")):
+        newest = await conn.fetchval(
+            f"SELECT extract(epoch FROM max({column}))::float8 FROM {table}")
+        assert newest <= now + 5, (table, newest, now)
+    # the samples keep their own time
+    assert await conn.fetchval(
+        "SELECT min(extract(epoch FROM ts))::float8 FROM process_points") == pytest.approx(ahead)
 
 
 async def test_isolation_hands_back_what_it_has_not_resolved_by_the_deadline(conn):
