@@ -5,7 +5,7 @@ A sample row carries a 64-bit ``key`` instead of its process's identity (migrati
 - OS process: ``process_key(server_id, pid, start_time)``, group: ``group_key(server_id,
   name)`` — the first 8 bytes of an md5 over the identity's bytes, exactly as the SQL
   functions of the same names compute it (the migration converts old rows with those). The
-  worker derives a key without asking the database; keys already derived are memoised.
+  worker derives a key without asking the database; ``IdentityWriter`` memoises them.
 - The identity rows (``process_identities``, ``process_groups``) are upserted in the batch's
   transaction, before its points, in key order (two workers never wait on each other in a
   cycle): ``COPY`` into a temporary staging table, then one ``INSERT … SELECT`` from it that
@@ -92,44 +92,28 @@ class KeyCollisionError(ProcfleetError, ValueError):
         super().__init__(f"identity key {key} collides with another identity: {identity!r}")
 
 
-_process_keys: dict[tuple[Any, Any, Any], int] = {}
-_group_keys: dict[tuple[Any, Any], int] = {}
-
-
 def process_key(server_id: str, pid: int, start_time: float | str) -> int:
     """The key of an OS process; ``start_time`` as the stream carries it (epoch seconds or
-    RFC 3339 text: the same instant gives the same key)."""
-    memo = (server_id, pid, start_time)
-    key = _process_keys.get(memo)
-    if key is None:
-        try:
-            server = server_id.encode()
-            data = _len.pack(len(server)) + server + _int64.pack(pid)
-        except (AttributeError, struct.error) as exc:
-            raise TypeError(f"bad process identity {memo!r}: {exc}") from None
-        data += encode_timestamptz(start_time)
-        key = int.from_bytes(_md5(data, usedforsecurity=False).digest()[:8], "big", signed=True)
-        if len(_process_keys) >= MEMO_MAX_ENTRIES:
-            _process_keys.clear()
-        _process_keys[memo] = key
-    return key
+    RFC 3339 text: the same instant gives the same key). Not memoised here: the writer keeps
+    keys per server (``IdentityWriter``)."""
+    try:
+        server = server_id.encode()
+        data = _len.pack(len(server)) + server + _int64.pack(pid)
+    except (AttributeError, struct.error) as exc:
+        raise TypeError(f"bad process identity {(server_id, pid, start_time)!r}: {exc}"
+                        ) from None
+    return _int64.unpack_from(_md5(data + encode_timestamptz(start_time),
+                                   usedforsecurity=False).digest())[0]
 
 
 def group_key(server_id: str, name: str) -> int:
     """The key of a process_exporter series (server_id, name)."""
-    memo = (server_id, name)
-    key = _group_keys.get(memo)
-    if key is None:
-        try:
-            server = server_id.encode()
-            data = _len.pack(len(server)) + server + name.encode()
-        except AttributeError as exc:
-            raise TypeError(f"bad group identity {memo!r}: {exc}") from None
-        key = int.from_bytes(_md5(data, usedforsecurity=False).digest()[:8], "big", signed=True)
-        if len(_group_keys) >= MEMO_MAX_ENTRIES:
-            _group_keys.clear()
-        _group_keys[memo] = key
-    return key
+    try:
+        server = server_id.encode()
+        data = _len.pack(len(server)) + server + name.encode()
+    except AttributeError as exc:
+        raise TypeError(f"bad group identity {(server_id, name)!r}: {exc}") from None
+    return _int64.unpack_from(_md5(data, usedforsecurity=False).digest())[0]
 
 
 def same_start(a: Any, b: Any) -> bool:

@@ -26,6 +26,7 @@ from digest_worker.timestamps import (
     to_pg_microseconds,
 )
 from ingest_gateway import stream
+from tests.support.worker import forge_keys
 
 # -- settings ----------------------------------------------------------------------------
 
@@ -138,8 +139,7 @@ def test_identities_are_one_per_process_per_batch_with_first_last_and_newest_val
 
 
 def test_two_identities_with_one_key_in_a_batch_raise_a_poison_error(monkeypatch):
-    from digest_worker import identity
-    monkeypatch.setattr(identity, "_process_keys", {("s", 1, 50.0): 5, ("s", 2, 50.0): 5})
+    forge_keys(monkeypatch, {("s", 1, 50.0): 5, ("s", 2, 50.0): 5})
     with pytest.raises(KeyCollisionError) as caught:
         build_rows([process(pid=1), process(pid=2)])
     assert caught.value.key == 5 and isinstance(caught.value, ValueError)
@@ -374,13 +374,12 @@ def test_samples_of_identities_written_within_the_refresh_window_add_no_identity
 
 
 def test_a_known_key_with_another_identity_is_not_skipped(monkeypatch):
-    from digest_worker import identity
     from digest_worker.identity import IdentityWriter
     writer = IdentityWriter()
     first = build_rows([process(pid=1)], writer)
     writer.remember(first.identities, first.groups)
     [key] = first.identities
-    monkeypatch.setitem(identity._process_keys, ("s", 2, 50.0), key)  # forged collision
+    forge_keys(monkeypatch, {("s", 2, 50.0): key})  # a collision
     rows = build_rows([process(pid=2)], writer)
     assert list(rows.identities) == [key] and rows.identities[key][2] == 2
 

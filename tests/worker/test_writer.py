@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from digest_worker.writer import FALLBACK_BATCHES, BatchWriter, is_poison
-from tests.support.worker import report_messages
+from tests.support.worker import forge_keys, report_messages
 
 pytestmark = pytest.mark.integration
 
@@ -242,20 +242,17 @@ async def test_identities_are_written_once_then_refreshed_at_most_every_refresh_
         TS - 15) == 10
 
 
-async def test_a_key_held_by_another_identity_is_poison_and_nothing_is_merged(conn):
+async def test_a_key_held_by_another_identity_is_poison_and_nothing_is_merged(conn,
+                                                                              monkeypatch):
     writer = await prepared(conn, "copy")
     [_, _, process] = report_messages("srv", TS, processes=1, groups=0)
     await writer.commit(conn, [process])
     key = await conn.fetchval("SELECT key FROM process_identities")
     # an identity that hashes to the same key (forged: md5 collisions do not come by chance)
     other = ("p", ("other-server", TS, 999, TS - 10, *process[1][4:]))
-    from digest_worker import identity
-    identity._process_keys[("other-server", 999, TS - 10)] = key
-    try:
-        result = await writer.commit(conn, [other, report_messages("b", TS, processes=1,
-                                                                     groups=0)[2]])
-    finally:
-        identity._process_keys.clear()
+    forge_keys(monkeypatch, {("other-server", 999, TS - 10): key})
+    result = await writer.commit(conn, [other, report_messages("b", TS, processes=1,
+                                                                 groups=0)[2]])
 
     assert [index for index, _ in result.poison] == [0]
     assert "collides" in result.poison[0][1]
