@@ -130,7 +130,8 @@ class IdentityWriter:
     hashing a (server_id, pid, start_time) tuple per row, and adds an identity row only for a
     sample outside its window (``due``). An entry not written yet has the empty window
     ``(inf, -inf)``; a pid reused by another process replaces its entry (a miss: the key is
-    derived again). The windows only widen in ``remember``, after COMMIT."""
+    derived again). The windows only widen in ``remember``, after COMMIT, which also forgets
+    everything but its batch once ``max_entries`` entries were added."""
 
     def __init__(self, refresh_s: float = REFRESH_S,
                  max_entries: int = MEMO_MAX_ENTRIES) -> None:
@@ -138,6 +139,7 @@ class IdentityWriter:
         self.max_entries = max_entries
         self.processes: dict[str, dict[Any, list]] = {}
         self.groups: dict[str, dict[str, list]] = {}
+        self.entries = 0  # added by build_rows (an upper bound: a reused pid replaces one)
         self.written = 0
 
     @staticmethod
@@ -167,10 +169,10 @@ class IdentityWriter:
 
     def remember(self, identities: dict[int, list], groups: dict[int, list]) -> None:
         """Call after COMMIT: these identities are in the database up to their last_seen."""
-        memos = self.processes, self.groups
-        if sum(len(m) for memo in memos for m in memo.values()) > self.max_entries:
-            for memo in memos:
-                memo.clear()
+        if self.entries > self.max_entries:
+            self.processes.clear()
+            self.groups.clear()
+            self.entries = 0
         refresh_s = self.refresh_s
         for key, row in identities.items():
             server_id, pid, start = row[1], row[2], row[3]
@@ -180,6 +182,7 @@ class IdentityWriter:
             entry = by_pid.get(pid)
             if entry is None or entry[1] != key or entry[0] != start:
                 entry = by_pid[pid] = [start, key, INF, -INF]
+                self.entries += 1
             _widen(entry, 2, row[FIRST], row[LAST] + refresh_s)
         for key, row in groups.items():
             server_id, name = row[1], row[4]
@@ -189,6 +192,7 @@ class IdentityWriter:
             entry = by_name.get(name)
             if entry is None or entry[0] != key:
                 entry = by_name[name] = [key, INF, -INF]
+                self.entries += 1
             _widen(entry, 1, row[G_FIRST], row[G_LAST] + refresh_s)
 
 

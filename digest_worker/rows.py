@@ -127,6 +127,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
     servers = out.servers
     process_marks, group_marks = out.late_marks["processes"], out.late_marks["groups"]
     last_server, seen, by_pid, by_name, process_ts, group_ts = None, None, None, None, None, None
+    derived = 0  # memo entries added (IdentityWriter bounds the memo with it)
     for kind, row in messages:
         server_id, ts = row[0], row[1]
         if type(ts) is not float and type(ts) is not int:
@@ -158,6 +159,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
             entry = by_pid.get(pid)
             if entry is None or entry[0] != start:
                 entry = by_pid[pid] = [start, process_key(server_id, pid, start), INF, -INF]
+                derived += 1
             key = entry[1]
             points.append((key, ts, row[9], row[12], row[13], row[10], row[11], row[8]))
             if not entry[2] <= seen_s <= entry[3]:
@@ -170,6 +172,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
             entry = by_name.get(name)
             if entry is None:
                 entry = by_name[name] = [group_key(server_id, name), INF, -INF]
+                derived += 1
             key = entry[0]
             group_points.append((key, ts, *row[4:9], *row[11:18], row[3], row[9], row[10]))
             if not entry[1] <= seen_s <= entry[2]:
@@ -189,6 +192,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
             report_id, hostname, os_type, os_version, boot_id, agent_version = row[2:]
             seen.metadata = (hostname, os_type, os_version, boot_id, agent_version, report_id)
             seen.metadata_at = seen_s
+    identities.entries += derived
     return out
 
 

@@ -373,6 +373,18 @@ def test_samples_of_identities_written_within_the_refresh_window_add_no_identity
     assert len(build_rows([process(ts=140.0)]).identities) == 1
 
 
+def test_the_identity_memo_is_bounded():
+    from digest_worker.identity import IdentityWriter
+    writer = IdentityWriter(max_entries=3)
+    rows = build_rows([process(pid=pid) for pid in (1, 2)], writer)
+    writer.remember(rows.identities, rows.groups)
+    assert len(writer.processes["s"]) == 2
+    rows = build_rows([process(pid=pid) for pid in (3, 4)], writer)
+    writer.remember(rows.identities, rows.groups)  # 4 entries > 3: all but this batch's go
+    assert sorted(writer.processes["s"]) == [3, 4] and writer.entries == 2
+    assert len(build_rows([process(pid=1)], writer).identities) == 1  # due again
+
+
 def test_a_known_key_with_another_identity_is_not_skipped(monkeypatch):
     from digest_worker.identity import IdentityWriter
     writer = IdentityWriter()
