@@ -66,7 +66,7 @@ class WorkerSettings(Settings):
     # Minute cells: a month of 1-minute peaks for the dashboards' last-days views.
     rollup_minute_retention_days: int = setting(
         30, "PROCFLEET_ROLLUP_MINUTE_RETENTION_DAYS", integer(1, 36_500))
-    # Hour cells: a year and a month, for a year-over-year look at a name (~1/60 of the
+    # Hour cells: a year and a month, for a year-over-year look at a name (~2 % of the
     # minute cells' size).
     rollup_hour_retention_days: int = setting(
         400, "PROCFLEET_ROLLUP_HOUR_RETENTION_DAYS", integer(1, 36_500))
