@@ -26,6 +26,7 @@ from digest_worker.retention import (
     expire_identities,
 )
 from digest_worker.writer import BatchWriter
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -177,6 +178,39 @@ async def test_an_identity_being_upserted_by_a_writer_is_not_expired(conn, migra
         await other.close()
     assert await names(conn) == ["edge", "live"]
     assert await conn.fetchval("SELECT count(*) FROM process_samples WHERE pid = 2") == 1
+
+
+async def test_a_writer_waiting_on_an_expiry_inserts_the_identity_afresh(conn,
+                                                                        migrated_database):
+    writer = await new_writer(conn)
+    await seed(conn, writer)
+    other = await asyncpg.connect(migrated_database)
+    try:
+        # The expiry's batch has locked and deleted "edge", not committed yet (its two
+        # statements, held open here) ...
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("SELECT key FROM process_identities WHERE name = 'edge' FOR UPDATE")
+        await conn.execute("DELETE FROM process_identities WHERE name = 'edge'")
+        # ... while a writer replays a sample of it: its upsert waits on the row.
+        replaying = await new_writer(other)
+        task = asyncio.create_task(replaying.commit(
+            other, [sample(CUTOFF + timedelta(seconds=20), 2, "edge")]))
+        pid = other.get_server_pid()
+        watcher = await asyncpg.connect(migrated_database)
+        try:
+            await wait_until(lambda: watcher.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid),
+                "the writer waiting on the identity's row")
+        finally:
+            await watcher.close()
+        await transaction.commit()
+        await task  # no collision error: the identity is inserted afresh
+    finally:
+        await other.close()
+    assert await names(conn) == ["edge", "live", "old"]
+    assert await conn.fetchval("SELECT last_seen FROM process_identities WHERE pid = 2") == (
+        CUTOFF + timedelta(seconds=20))
 
 
 async def test_procfleet_compact_applies_every_tier_and_exits_0(conn, migrated_database):
