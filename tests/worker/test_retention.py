@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from digest_worker.compaction import run_storage_upkeep
+from digest_worker.compaction import CompactionJob, run_storage_upkeep
 from digest_worker.partitions import daily_partitions, run_upkeep
 from digest_worker.retention import (
     HISTORY_TABLES,
@@ -211,6 +211,20 @@ async def test_a_writer_waiting_on_an_expiry_inserts_the_identity_afresh(conn,
     assert await names(conn) == ["edge", "live", "old"]
     assert await conn.fetchval("SELECT last_seen FROM process_identities WHERE pid = 2") == (
         CUTOFF + timedelta(seconds=20))
+
+
+async def test_the_workers_job_applies_the_retention_once_per_interval(conn, migrated_database):
+    writer = await new_writer(conn)
+    await seed(conn, writer)
+    pool = await asyncpg.create_pool(migrated_database, min_size=1, max_size=1)
+    try:
+        job = CompactionJob(pool, retention=TIERS, ahead_days=1, retention_interval_s=3600)
+        first, second = await job.run(), await job.run()
+    finally:
+        await pool.close()
+    assert first.retention is not None and first.retention.expired_identities == 2
+    assert second.retention is None  # not due again within the hour
+    assert await names(conn) == ["live"]
 
 
 async def test_procfleet_compact_applies_every_tier_and_exits_0(conn, migrated_database):
