@@ -15,7 +15,10 @@ A sample row carries a 64-bit ``key`` instead of its process's identity (migrati
   ``IdentityWriter`` remembers what it has written and committed, and skips an identity until
   a sample is ``REFRESH_S`` newer than the ``last_seen`` it wrote (or older than its
   ``first_seen``): most batches write no identity at all, and ``last_seen`` stays
-  within a minute of the newest sample (45 s + one 15 s interval).
+  within a minute of the newest sample (45 s + one 15 s interval). A remembered identity
+  whose ``last_seen`` is more than ``TRUST_S`` old is written again with its samples: the
+  retention may have expired it (digest_worker/retention.py; never before a day), and a
+  replayed sample must bring its identity back, not point at a deleted one.
 - Collisions: the upsert only updates a row whose identity matches, and returns the keys it
   wrote; a key missing from the answer (or two identities sharing a key in one batch) raises
   ``KeyCollisionError``, a poison error: the message is dead-lettered, never merged with
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 from typing import Any
 
 import asyncpg
@@ -34,6 +38,8 @@ from agent.errors import ProcfleetError
 from digest_worker.timestamps import encode_timestamptz
 
 REFRESH_S = 45.0
+# Half the shortest retention (1 day): clocks of workers and database may differ that much.
+TRUST_S = 12 * 3600.0
 MEMO_MAX_ENTRIES = 500_000
 
 _len = struct.Struct("!i")
@@ -138,8 +144,9 @@ class IdentityWriter:
     """Upserts the identities of a batch that this worker has not written recently."""
 
     def __init__(self, refresh_s: float = REFRESH_S,
-                 max_entries: int = MEMO_MAX_ENTRIES) -> None:
+                 max_entries: int = MEMO_MAX_ENTRIES, trust_s: float = TRUST_S) -> None:
         self.refresh_s = refresh_s
+        self.trust_s = trust_s
         self.max_entries = max_entries
         # key -> (first_seen, last_seen, identity) as last written and committed
         self._processes: dict[int, tuple] = {}
@@ -156,11 +163,12 @@ class IdentityWriter:
              last: int) -> list[list]:
         due = []
         refresh_s = self.refresh_s
+        stale_s = time.time() - self.trust_s
         for key, row in rows.items():
             known = seen.get(key)
             # A known key with another identity is written too: the upsert reports it.
             if (known is None or row[first] < known[0] or row[last] > known[1] + refresh_s
-                    or known[2] != _identity(row, first)):
+                    or known[1] < stale_s or known[2] != _identity(row, first)):
                 due.append(row)
         due.sort(key=lambda r: r[0])
         return due

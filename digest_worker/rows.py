@@ -110,6 +110,8 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
     refresh_s = identities.refresh_s if identities is not None else 0.0
     keys_get = _identity._process_keys.get  # cleared in place, never replaced
     now_s = clock()
+    # written longer ago than this: maybe expired since (identity.TRUST_S), write it again
+    stale_s = now_s - (identities.trust_s if identities is not None else 0.0)
     out = TableRows()
     tables = out.tables
     by_kind = {kind: tables[table] for kind, table in TABLE_OF_KIND.items()}
@@ -137,7 +139,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
             points.append((key, ts, row[9], row[12], row[13], row[10], row[11], row[8]))
             written = known_get(key)
             if written is None or not written[0] <= ts <= written[1] + refresh_s or (
-                    written[2] != memo):
+                    written[1] < stale_s or written[2] != memo):
                 _add_identity(out.identities, key, memo, row)
         elif kind == "g":
             _add_group(out, by_kind["g"], row)
