@@ -303,6 +303,13 @@ class Settings:
         """The error for field ``name`` (named by its variable) with its current value."""
         return self._error(name, getattr(self, name), reason)
 
+    def check_ascending(self, *names: str) -> None:
+        """Each of ``names`` at least the one before it (nested retention tiers)."""
+        for lower, name in zip(names, names[1:], strict=False):
+            if getattr(self, name) < getattr(self, lower):
+                raise self.invalid(name, f"must be at least {self.env_name(lower)}="
+                                         f"{getattr(self, lower)}")
+
     @classmethod
     def env_name(cls, name: str) -> str:
         spec = _settings_of(cls).get(name)

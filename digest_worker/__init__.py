@@ -15,6 +15,7 @@
     monitor.py     run totals, the periodic summary line, per-shard gauges (reads only)
     rollup.py      per-minute / per-hour rollups for the query side (its own owner)
     compaction.py  storage upkeep: closed hours → compacted history, hot partitions emptied
+    retention.py   retention per tier: partitions dropped by tier, identities expired
     metrics.py     Prometheus metrics (one batch's included) and /metrics
     supervisor.py  N worker processes on one host
 

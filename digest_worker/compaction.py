@@ -17,6 +17,10 @@ model). For each kind, this job:
   compacted is TRUNCATEd (under its lock, only if still empty); the hours compacted today are
   deleted rows that VACUUM makes reusable for today's inserts.
 
+- **Then applies the retention** of every tier (digest_worker/retention.py): day partitions
+  dropped by tier, identities without history left expired. ``procfleet compact`` does it
+  every run; the workers' ``CompactionJob`` once per ``retention_interval_s`` (hourly).
+
 ``procfleet compact`` runs it once; workers every ``INTERVAL_S`` (one at a time is enough,
 but overlap is harmless).
 """
@@ -33,6 +37,7 @@ import asyncpg
 
 from agent.errors import ProcfleetError
 from digest_worker import partitions
+from digest_worker.retention import Retention, RetentionReport, apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +189,18 @@ class CompactionReport:
     merged_samples: int = 0
     series: int = 0
     truncated: list[str] = field(default_factory=list)
+    retention: RetentionReport | None = None  # None: the retention did not run
     duration_ms: float = 0.0
 
     def as_kv(self) -> dict[str, Any]:
-        return {"hours": len(self.hours), "group_hours": len(self.group_hours),
-                "skipped_hours": len(self.skipped_hours),
-                "samples": self.samples, "merged_samples": self.merged_samples,
-                "series": self.series, "truncated": len(self.truncated),
-                "duration_ms": round(self.duration_ms, 1)}
+        kv = {"hours": len(self.hours), "group_hours": len(self.group_hours),
+              "skipped_hours": len(self.skipped_hours),
+              "samples": self.samples, "merged_samples": self.merged_samples,
+              "series": self.series, "truncated": len(self.truncated)}
+        if self.retention is not None:
+            kv.update(self.retention.as_kv())
+        kv["duration_ms"] = round(self.duration_ms, 1)
+        return kv
 
 
 def floor_hour(moment: datetime) -> datetime:
@@ -280,9 +289,11 @@ async def truncate_compacted_days(conn: asyncpg.Connection, before: datetime,
 
 
 async def run_storage_upkeep(conn: asyncpg.Connection, *, now: datetime | None = None,
-                             older_than: timedelta = HOT_WINDOW,
-                             vacuum: bool = True) -> CompactionReport:
-    """Compact every closed hour older than ``older_than``, then give the disk back."""
+                             older_than: timedelta = HOT_WINDOW, vacuum: bool = True,
+                             retention: Retention | None = None,
+                             ahead_days: int = 3) -> CompactionReport:
+    """Compact every closed hour older than ``older_than``, give the disk back, then apply
+    ``retention`` (None: skip it) as of ``now``'s UTC day."""
     started_s = time.monotonic()
     now = now or await conn.fetchval("SELECT now()")
     before = now - older_than
@@ -305,6 +316,9 @@ async def run_storage_upkeep(conn: asyncpg.Connection, *, now: datetime | None =
         report.truncated += await truncate_compacted_days(conn, floor_hour(before), kind)
         if vacuum and compacted:
             await conn.execute(f"VACUUM {kind.hot}")
+    if retention is not None:
+        report.retention = await apply_retention(conn, now.astimezone(UTC).date(), retention,
+                                                 ahead_days)
     report.duration_ms = (time.monotonic() - started_s) * 1000
     if report.hours or report.group_hours or report.truncated:
         log.info("compaction", extra={"kv": report.as_kv()})
@@ -312,12 +326,25 @@ async def run_storage_upkeep(conn: asyncpg.Connection, *, now: datetime | None =
 
 
 class CompactionJob:
-    """The worker's periodic hook around ``run_storage_upkeep``."""
+    """The worker's periodic hook around ``run_storage_upkeep``: the compaction every run,
+    the retention (``None``: never) at most every ``retention_interval_s``."""
 
-    def __init__(self, pool: Any, *, older_than: timedelta = HOT_WINDOW) -> None:
+    def __init__(self, pool: Any, *, older_than: timedelta = HOT_WINDOW,
+                 retention: Retention | None = None, ahead_days: int = 3,
+                 retention_interval_s: float = 3600.0) -> None:
         self.pool = pool
         self.older_than = older_than
+        self.retention = retention
+        self.ahead_days = ahead_days
+        self.retention_interval_s = retention_interval_s
+        self._next_retention_s = 0.0
 
     async def run(self) -> CompactionReport:
+        due = self.retention is not None and time.monotonic() >= self._next_retention_s
         async with self.pool.acquire() as conn:
-            return await run_storage_upkeep(conn, older_than=self.older_than)
+            report = await run_storage_upkeep(
+                conn, older_than=self.older_than, ahead_days=self.ahead_days,
+                retention=self.retention if due else None)
+        if report.retention is not None and report.retention.ran:
+            self._next_retention_s = time.monotonic() + self.retention_interval_s
+        return report

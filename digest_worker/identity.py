@@ -16,7 +16,10 @@ A sample row carries a 64-bit ``key`` instead of its process's identity (migrati
   ``build_rows`` skips an identity until a sample is ``REFRESH_S`` newer than the
   ``last_seen`` it wrote (or older than its ``first_seen``): most batches write no identity
   at all, and ``last_seen`` stays within a minute of the newest sample (45 s + one 15 s
-  interval; sighting times are clamped to the worker's clock: digest_worker/rows.py).
+  interval; sighting times are clamped to the worker's clock: digest_worker/rows.py). A
+  remembered identity whose ``last_seen`` is more than ``TRUST_S`` old is written again with
+  its samples: the retention may have expired it (digest_worker/retention.py; never before a
+  day), and a replayed sample must bring its identity back, not point at a deleted one.
 - Collisions: the upsert only updates a row whose identity matches, and returns the keys it
   wrote; a key missing from the answer (or two identities sharing a key in one batch) raises
   ``KeyCollisionError``, a poison error: the message is dead-lettered, never merged with
@@ -35,6 +38,8 @@ from agent.errors import ProcfleetError
 from digest_worker.timestamps import encode_timestamptz
 
 REFRESH_S = 45.0
+# Half the shortest retention (1 day): clocks of workers and database may differ that much.
+TRUST_S = 12 * 3600.0
 INF = float("inf")
 MEMO_MAX_ENTRIES = 500_000
 
@@ -128,14 +133,16 @@ class IdentityWriter:
     read and filled by ``build_rows`` (digest_worker/rows.py), which looks a sample's key and
     written window up there with one dict lookup on an int (or a short name) instead of
     hashing a (server_id, pid, start_time) tuple per row, and adds an identity row only for a
-    sample outside its window (``due``). An entry not written yet has the empty window
-    ``(inf, -inf)``; a pid reused by another process replaces its entry (a miss: the key is
-    derived again). The windows only widen in ``remember``, after COMMIT, which also forgets
-    everything but its batch once ``max_entries`` entries were added."""
+    sample outside its window or written longer than ``trust_s`` ago (``due``). An entry not
+    written yet has the empty window ``(inf, -inf)``; a pid reused by another process replaces
+    its entry (a miss: the key is derived again). The windows only widen in ``remember``,
+    after COMMIT, which also forgets everything but its batch once ``max_entries`` entries
+    were added."""
 
     def __init__(self, refresh_s: float = REFRESH_S,
-                 max_entries: int = MEMO_MAX_ENTRIES) -> None:
+                 max_entries: int = MEMO_MAX_ENTRIES, trust_s: float = TRUST_S) -> None:
         self.refresh_s = refresh_s
+        self.trust_s = trust_s
         self.max_entries = max_entries
         self.processes: dict[str, dict[Any, list]] = {}
         self.groups: dict[str, dict[str, list]] = {}

@@ -23,7 +23,8 @@ The choice, and why:
   short transactions under ``lock_timeout``, and only one worker at a time does upkeep
   (``pg_try_advisory_lock``; the others skip).
 - **Retention is DROP TABLE** of the partitions whose whole day is older than
-  ``today - retention_days``: no DELETE, no vacuum debt.
+  ``today - retention_days``: no DELETE, no vacuum debt. Each tier has its own retention
+  (digest_worker/retention.py calls this per tier).
 """
 
 from __future__ import annotations
@@ -89,17 +90,20 @@ async def daily_partitions(conn: asyncpg.Connection, table: str) -> dict[date, s
 
 async def run_upkeep(
     conn: asyncpg.Connection, today: date, retention_days: int, ahead_days: int,
-    tables: tuple[str, ...] = DAILY_TABLES,
+    tables: tuple[str, ...] = DAILY_TABLES, *, create_back_days: int | None = None,
 ) -> UpkeepReport:
-    """Create, rescue and drop partitions of ``tables`` around ``today`` (UTC)."""
+    """Create, rescue and drop partitions of ``tables`` around ``today`` (UTC): days older
+    than ``retention_days`` are dropped; partitions are created from ``create_back_days``
+    ago (default: the retention; less for a tier kept longer than rows can arrive for)."""
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", UPKEEP_LOCK_KEY):
         return UpkeepReport(ran=False)
     try:
         report = UpkeepReport()
         cutoff = today - timedelta(days=retention_days)
+        first = today - timedelta(days=min(retention_days, create_back_days or retention_days))
         last = today + timedelta(days=ahead_days)
         for table in tables:
-            await _upkeep_table(conn, table, cutoff, last, report)
+            await _upkeep_table(conn, table, cutoff, first, last, report)
         if (report.created or report.dropped or report.moved_rows or report.expired_default_rows
                 or report.future_default_rows):
             log.info("partition upkeep", extra={"kv": {
@@ -113,8 +117,8 @@ async def run_upkeep(
             await conn.execute("SELECT pg_advisory_unlock($1)", UPKEEP_LOCK_KEY)
 
 
-async def _upkeep_table(conn: asyncpg.Connection, table: str, cutoff: date, last: date,
-                        report: UpkeepReport) -> None:
+async def _upkeep_table(conn: asyncpg.Connection, table: str, cutoff: date, first: date,
+                        last: date, report: UpkeepReport) -> None:
     existing = await daily_partitions(conn, table)
     default = default_partition(table)
     # Days that have rows waiting in the default partition.
@@ -124,13 +128,14 @@ async def _upkeep_table(conn: asyncpg.Connection, table: str, cutoff: date, last
             f"GROUP BY 1"
         )
     }
-    day = cutoff
-    while day <= last:
+    # Days from ``first`` on, and any retained day that has rows waiting.
+    days = {first + timedelta(days=n) for n in range((last - first).days + 1)}
+    days |= {day for day in waiting if cutoff <= day <= last}
+    for day in sorted(days):
         if day not in existing:
             report.moved_rows += await _create_partition(
                 conn, table, day, move=waiting.get(day, 0) > 0)
             report.created.append(partition_name(table, day))
-        day += timedelta(days=1)
     for day, count in waiting.items():
         if day < cutoff:
             report.expired_default_rows += count

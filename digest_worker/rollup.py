@@ -16,7 +16,10 @@ path, so the two paths agree by construction. This job only moves data:
   that are below the watermark, with the next minutes whose first delta may change
   (``LATE_REACH``); minutes above it are simply left to the advance.
 - **Partitions.** The rollup tables are partitioned by day like the samples; the job runs
-  ``partitions.run_upkeep`` on them (create ahead, drop past the retention) hourly.
+  the partition upkeep of their tiers hourly (create ahead, drop minute cells past
+  ``PROCFLEET_ROLLUP_MINUTE_RETENTION_DAYS``, hour cells past
+  ``PROCFLEET_ROLLUP_HOUR_RETENTION_DAYS``: digest_worker/retention.py). A first run rolls
+  up from the start of the per-process history (``retention_days``): nothing is older.
 
 Concurrency: one job at a time across every worker (``pg_try_advisory_lock``; the others
 skip the run). Hook: the worker calls ``RollupJob.refresh_rollups`` every ``INTERVAL_S``.
@@ -33,7 +36,7 @@ from typing import Any
 
 import asyncpg
 
-from digest_worker import partitions
+from digest_worker import retention as _retention
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ UPKEEP_INTERVAL_S = 3600.0
 LOCK_KEY = 0x70726F63726F6C  # "procrol"
 SOURCES = ("groups", "processes")
 MINUTE_FUNCTIONS = {"groups": "rollup_group_minutes", "processes": "rollup_process_minutes"}
-ROLLUP_TABLES = ("rollup_minute", "rollup_hour", "rollup_fleet_minute", "rollup_fleet_hour")
+ROLLUP_TABLES = _retention.ROLLUP_TABLES
 CELL_COLUMNS = ("samples", "cpu_seconds", "cpu_core_minutes", "memory_byte_minutes",
                 "memory_peak_bytes", "num_procs_minutes")
 _AGGREGATES = ", ".join(
@@ -89,10 +92,15 @@ def floor_to(moment: datetime, step: timedelta) -> datetime:
 class RollupJob:
     """Keeps the rollup tables up to date; ``pool`` is an asyncpg pool (or a connection)."""
 
-    def __init__(self, pool: Any, *, retention_days: int = 7, partitions_ahead_days: int = 3,
+    def __init__(self, pool: Any, *, retention_days: int = _retention.DEFAULT_HISTORY_DAYS,
+                 minute_retention_days: int | None = None,
+                 hour_retention_days: int | None = None, partitions_ahead_days: int = 3,
                  settle_s: float = SETTLE_S, max_chunks: int = MAX_CHUNKS_PER_RUN) -> None:
         self.pool = pool
+        # retention_days: the per-process history's (the samples the rollups are made of)
         self.retention_days = retention_days
+        self.retention = _retention.Retention(retention_days, minute_retention_days,
+                                              hour_retention_days)
         self.partitions_ahead_days = partitions_ahead_days
         self.settle_s = settle_s
         self.max_chunks = max_chunks
@@ -114,8 +122,8 @@ class RollupJob:
         try:
             now = now or await conn.fetchval("SELECT now()")
             if time.monotonic() >= self._next_upkeep_s:
-                upkeep = await partitions.run_upkeep(
-                    conn, now.date(), self.retention_days, self.partitions_ahead_days,
+                upkeep = await _retention.partition_upkeep(
+                    conn, now.date(), self.retention, self.partitions_ahead_days,
                     tables=ROLLUP_TABLES)
                 if upkeep.ran:
                     self._next_upkeep_s = time.monotonic() + UPKEEP_INTERVAL_S

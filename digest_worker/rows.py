@@ -120,6 +120,9 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
         identities = IdentityWriter()  # a memo for this call only: every identity is due
     process_memo, group_memo = identities.processes, identities.groups
     now_s = clock()
+    # Written longer ago than this (last_seen + refresh_s, as the memo holds it): maybe
+    # expired since (identity.TRUST_S), write it again.
+    stale_s = now_s - identities.trust_s + identities.refresh_s
     out = TableRows()
     tables = out.tables
     by_kind = {kind: tables[table] for kind, table in TABLE_OF_KIND.items()}
@@ -162,7 +165,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
                 derived += 1
             key = entry[1]
             points.append((key, ts, row[9], row[12], row[13], row[10], row[11], row[8]))
-            if not entry[2] <= seen_s <= entry[3]:
+            if not entry[2] <= seen_s <= entry[3] or entry[3] < stale_s:
                 _add_identity(out.identities, key, server_id, pid, start, seen_s, row)
             if ts != process_ts:
                 process_marks.add((server_id, ts))
@@ -175,7 +178,7 @@ def build_rows(messages: list[tuple[str, Sequence[Any]]],
                 derived += 1
             key = entry[0]
             group_points.append((key, ts, *row[4:9], *row[11:18], row[3], row[9], row[10]))
-            if not entry[1] <= seen_s <= entry[2]:
+            if not entry[1] <= seen_s <= entry[2] or entry[2] < stale_s:
                 _add_group(out.groups, key, server_id, name, seen_s)
             if ts != group_ts:
                 group_marks.add((server_id, ts))

@@ -23,10 +23,15 @@ from agent.settings_loader import (
 )
 from ingest_gateway import stream
 
-__all__ = ["DEFAULT_DATABASE_URL", "INSERT_METHODS", "WorkerSettings", "mask_url"]
+__all__ = ["DEFAULT_DATABASE_URL", "INSERT_METHODS", "RETENTION_TIERS", "WorkerSettings",
+           "mask_url"]
 
 INSERT_METHODS = ("copy", "staging", "unnest")
 _DAY_S = 86_400.0
+# The retention tiers nest, shortest first: a late sample (accepted for retention_days)
+# recomputes its minute cells and, from them, its hour; hour cells are made from minute cells.
+RETENTION_TIERS = ("retention_days", "rollup_minute_retention_days",
+                   "rollup_hour_retention_days")
 
 
 def default_consumer_name() -> str:
@@ -53,7 +58,18 @@ class WorkerSettings(Settings):
     claim_idle_ms: int = setting(60_000, "PROCFLEET_WORKER_CLAIM_IDLE_MS",
                                  integer(1, 7 * 86_400_000))
     max_deliveries: int = setting(5, "PROCFLEET_WORKER_MAX_DELIVERIES", integer(1, 1_000))
-    retention_days: int = setting(7, "PROCFLEET_RETENTION_DAYS", integer(1, 36_500))
+    # Retention per tier (digest_worker/retention.py; README "Retention and disk"). Days of
+    # per-process history: hot rows, compacted history and clocks, identities, group samples,
+    # snapshots. 14: two weekly cycles to compare a process with; ~8 B a sample makes that
+    # ~18 MB per host per day.
+    retention_days: int = setting(14, "PROCFLEET_RETENTION_DAYS", integer(1, 36_500))
+    # Minute cells: a month of 1-minute peaks for the dashboards' last-days views.
+    rollup_minute_retention_days: int = setting(
+        30, "PROCFLEET_ROLLUP_MINUTE_RETENTION_DAYS", integer(1, 36_500))
+    # Hour cells: a year and a month, for a year-over-year look at a name (~2 % of the
+    # minute cells' size).
+    rollup_hour_retention_days: int = setting(
+        400, "PROCFLEET_ROLLUP_HOUR_RETENTION_DAYS", integer(1, 36_500))
     partitions_ahead_days: int = setting(3, "PROCFLEET_PARTITIONS_AHEAD_DAYS", integer(0, 366))
     upkeep_interval_s: float = setting(3600.0, "PROCFLEET_UPKEEP_INTERVAL_S",
                                        number(0, _DAY_S, above=True))
@@ -86,6 +102,7 @@ class WorkerSettings(Settings):
     burst: bool = setting(False)  # --burst
 
     def check_together(self) -> None:
+        self.check_ascending(*RETENTION_TIERS)
         # A blocking XREADGROUP must return well before the socket gives up on it.
         if self.block_ms / 1000 > self.socket_timeout_s / 2:
             raise self.invalid(

@@ -47,6 +47,7 @@ from digest_worker.batch import INSERT_FAILED, Batch, decode_batch
 from digest_worker.cluster_streams import ClusterGroupConsumer
 from digest_worker.metrics import WorkerMetrics
 from digest_worker.monitor import WorkerSummary, every, log_summary
+from digest_worker.retention import Retention, partition_upkeep
 from digest_worker.retrying import retry_until_stopped
 from digest_worker.settings import WorkerSettings
 from digest_worker.streams import Entry, GroupConsumer
@@ -150,11 +151,17 @@ class Worker:
                 # Query-side rollups (digest_worker/rollup.py; one worker at a time does it).
                 asyncio.create_task(every(rollup.INTERVAL_S, rollup.RollupJob(
                     self.pool, retention_days=settings.retention_days,
+                    minute_retention_days=settings.rollup_minute_retention_days,
+                    hour_retention_days=settings.rollup_hour_retention_days,
                     partitions_ahead_days=settings.partitions_ahead_days).refresh_rollups)),
                 # Storage upkeep: compact closed hours past the hot window (an hour at a time
-                # under its own lock: several workers doing it at once is harmless).
+                # under its own lock: several workers doing it at once is harmless), then,
+                # every upkeep interval, the retention of every tier.
                 asyncio.create_task(every(settings.compact_interval_s, compaction.CompactionJob(
-                    self.pool, older_than=timedelta(hours=settings.hot_window_h)).run)),
+                    self.pool, older_than=timedelta(hours=settings.hot_window_h),
+                    retention=Retention.from_settings(settings),
+                    ahead_days=settings.partitions_ahead_days,
+                    retention_interval_s=settings.upkeep_interval_s).run)),
             ]
             if not gc.isenabled():  # tune_gc() turned automatic collections off
                 background.append(asyncio.create_task(every(GC_INTERVAL_S, collect_garbage)))
@@ -391,13 +398,14 @@ class Worker:
     # -- periodic work ---------------------------------------------------------------------
 
     async def upkeep(self) -> partitions.UpkeepReport:
-        """Create partitions ahead, rescue the default partition, apply the retention."""
+        """Create partitions ahead, rescue the default partition, drop each tier's expired
+        days (the identities expire in the storage upkeep, after the compaction)."""
         assert self.pool is not None
         settings = self.settings
         async with self.pool.acquire() as conn:
-            return await partitions.run_upkeep(
-                conn, self.clock().date(), settings.retention_days,
-                settings.partitions_ahead_days)
+            return await partition_upkeep(conn, self.clock().date(),
+                                          Retention.from_settings(settings),
+                                          settings.partitions_ahead_days)
 
     async def report(self) -> dict[int, dict[str, float]]:
         """Follow the group's topology, then log the ``summary`` line and refresh the

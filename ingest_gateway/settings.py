@@ -77,8 +77,13 @@ class GatewaySettings(Settings):
     body_timeout_s: float = setting(60.0, "PROCFLEET_BODY_TIMEOUT_S", _seconds(3_600))
     keepalive_timeout_s: float = setting(75.0, "PROCFLEET_KEEPALIVE_TIMEOUT_S", _seconds())
     dedupe_ttl_s: int = setting(3_600, "PROCFLEET_DEDUPE_TTL_S", _count(30 * 86_400))
-    # same variable and default as the digest workers
-    retention_days: int = setting(7, "PROCFLEET_RETENTION_DAYS", _count(36_500))
+    # Same variables, defaults and rule as the digest workers' (digest_worker/settings.py):
+    # samples older than retention_days are refused; queries start at each tier's horizon.
+    retention_days: int = setting(14, "PROCFLEET_RETENTION_DAYS", _count(36_500))
+    rollup_minute_retention_days: int = setting(
+        30, "PROCFLEET_ROLLUP_MINUTE_RETENTION_DAYS", _count(36_500))
+    rollup_hour_retention_days: int = setting(
+        400, "PROCFLEET_ROLLUP_HOUR_RETENTION_DAYS", _count(36_500))
     max_future_s: float = setting(600.0, "PROCFLEET_MAX_FUTURE_S", _seconds())
     max_raw_output_bytes: int = setting(1 * MIB, "PROCFLEET_MAX_RAW_OUTPUT_BYTES", _count())
     redis_timeout_s: float = setting(5.0, "PROCFLEET_REDIS_TIMEOUT_S", _seconds(3_600))
@@ -94,6 +99,8 @@ class GatewaySettings(Settings):
                                              DATABASE_URL)
 
     def check_together(self) -> None:
+        self.check_ascending("retention_days", "rollup_minute_retention_days",
+                             "rollup_hour_retention_days")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise self.invalid("tls_cert_file", "TLS needs both a certificate and a key file")
 

@@ -18,7 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway", "run the ingest + query HTTP service"),
     "worker": ("worker", "run digest workers"),
     "migrate": ("migrate", "apply pending database migrations"),
-    "compact": ("compact", "compact closed hours of process history once, then exit"),
+    "compact": ("compact", "compact closed hours of process history and apply the retention "
+                           "of every tier, once, then exit"),
     "token": ("token", "create, list and revoke API tokens"),
     "host": ("host", "list enrolled hosts, reset a host's enrollment"),
     "parse": ("parse", "parse a saved ps / tasklist output into JSON"),

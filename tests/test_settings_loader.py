@@ -107,3 +107,19 @@ def test_the_programs_refuse_numbers_that_are_not_finite(cls):
                 with pytest.raises(ConfigError) as info:
                     cls.load({cls.env_name(name): text})
                 assert info.value.key == cls.env_name(name), name
+
+
+@pytest.mark.parametrize("cls", [GatewaySettings, WorkerSettings])
+def test_the_retention_tiers_nest_and_share_their_defaults(cls):
+    defaults = cls()
+    assert (defaults.retention_days, defaults.rollup_minute_retention_days,
+            defaults.rollup_hour_retention_days) == (14, 30, 400)
+    assert cls.load({"PROCFLEET_RETENTION_DAYS": "30"}).retention_days == 30  # equal is fine
+    with pytest.raises(ConfigError) as info:
+        cls.load({"PROCFLEET_RETENTION_DAYS": "31"})
+    assert info.value.key == "PROCFLEET_ROLLUP_MINUTE_RETENTION_DAYS"
+    assert "30" in str(info.value) and "PROCFLEET_RETENTION_DAYS=31" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        cls.load({"PROCFLEET_ROLLUP_HOUR_RETENTION_DAYS": "20"})
+    assert info.value.key == "PROCFLEET_ROLLUP_HOUR_RETENTION_DAYS"
+    assert "20" in str(info.value)

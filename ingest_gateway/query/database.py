@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -104,10 +105,24 @@ class QueryDatabase:
                 pool.terminate()
 
 
+# The functions our migrations create (tests/query check the list against migrations/):
+# a query against a database that predates one of them says "run procfleet migrate".
+SCHEMA_FUNCTIONS = frozenset({
+    "group_key", "process_key", "process_points_between", "process_group_points_between",
+    "process_history_points", "process_group_history_points", "process_samples_insert",
+    "process_group_samples_insert", "rollup_group_minutes", "rollup_process_minutes",
+    "rollup_late_after", "rollup_max_rate_gap", "rollup_mark_late_groups",
+    "rollup_mark_late_processes"})
+_MISSING_FUNCTION = re.compile(r"function (?:public\.)?(\w+)\(")
+
+
 def _is_missing_schema(exc: BaseException) -> bool:
-    """A missing table, or a missing function of the rollup migration (not any operator
-    mismatch, which is a bug and must surface as one)."""
-    return isinstance(exc, asyncpg.UndefinedTableError) or "rollup_" in str(exc)
+    """A missing table, or a missing function of one of our migrations (not any operator
+    mismatch or a function of our own misspelt, which is a bug and must surface as one)."""
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return True
+    match = _MISSING_FUNCTION.search(str(exc))
+    return match is not None and match[1] in SCHEMA_FUNCTIONS
 
 
 def _describe(exc: BaseException) -> str:

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -71,6 +72,14 @@ def _note(request: web.Request, started_s: float, **kv: object) -> None:
     request[LOG_KV].update(query_ms=round((time.monotonic() - started_s) * 1000, 2), **kv)
 
 
+def _retention(request: web.Request) -> dict[str, Any]:
+    """Each tier's retention, for the query's data start (window.plan_query)."""
+    settings = request.app[SETTINGS]
+    return {"retention_days": settings.retention_days,
+            "rollup_retention_days": (settings.rollup_minute_retention_days,
+                                      settings.rollup_hour_retention_days)}
+
+
 async def top(request: web.Request) -> web.Response:
     await require_scope(request, READ_SCOPE)
     params = parse_top(request.query, _now())
@@ -78,7 +87,7 @@ async def top(request: web.Request) -> web.Response:
     async with request.app[QUERY_DB].connection() as conn:
         result = await top_processes(
             conn, params, path=params.path,
-            retention_days=request.app[SETTINGS].retention_days)
+            **_retention(request))
     _note(request, started_s, query_path=result.plan.path, source=result.plan.source,
           rows=len(result.processes))
     return json_response(result.as_json())
@@ -91,7 +100,7 @@ async def series(request: web.Request) -> web.Response:
     async with request.app[QUERY_DB].connection() as conn:
         result = await process_series(
             conn, params, path=params.path,
-            retention_days=request.app[SETTINGS].retention_days)
+            **_retention(request))
     _note(request, started_s, query_path=result.plan.path, points=len(result.points))
     return json_response(result.as_json())
 

@@ -56,7 +56,8 @@ def default_step_s(length: timedelta) -> int:
 
 
 async def process_series(conn: asyncpg.Connection, params: SeriesParams, *,
-                         path: str | None = None, retention_days: float | None = None
+                         path: str | None = None, retention_days: float | None = None,
+                         rollup_retention_days: tuple[float, float] | None = None
                          ) -> SeriesResult:
     """Run the series query on ``conn`` (``path`` forces raw or rollup)."""
     time_range = params.time_range
@@ -69,7 +70,8 @@ async def process_series(conn: asyncpg.Connection, params: SeriesParams, *,
                                      params.server_ids)
         plan = await plan_query(conn, time_range, source, params.server_ids,
                                 step_s=cell_step_s, path=path,
-                                retention_days=retention_days)
+                                retention_days=retention_days,
+                                rollup_retention_days=rollup_retention_days)
         args = Args()
         cells = cells_sql(plan, args, name=params.name)
         step = args.add(timedelta(seconds=step_s))

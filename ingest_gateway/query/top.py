@@ -127,7 +127,8 @@ async def fleet_servers(conn: asyncpg.Connection, plan: Plan, names: list[str]) 
 
 
 async def top_processes(conn: asyncpg.Connection, params: TopParams, *,
-                        path: str | None = None, retention_days: float | None = None
+                        path: str | None = None, retention_days: float | None = None,
+                        rollup_retention_days: tuple[float, float] | None = None
                         ) -> TopResult:
     """Run the top query on ``conn`` (``path`` forces raw or rollup: benchmarks, tests); the
     window starts where the data does (``window.data_start``)."""
@@ -136,7 +137,8 @@ async def top_processes(conn: asyncpg.Connection, params: TopParams, *,
         source = await choose_source(conn, params.source, time_range.start, time_range.end,
                                      params.server_ids)
         plan = await plan_query(conn, time_range, source, params.server_ids, path=path,
-                                retention_days=retention_days)
+                                retention_days=retention_days,
+                                rollup_retention_days=rollup_retention_days)
         sql, args = top_sql(plan, params.metric, params.limit)
         rows = await conn.fetch(sql, *args)
         servers = (await fleet_servers(conn, plan, [r["name"] for r in rows])

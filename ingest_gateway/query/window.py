@@ -14,12 +14,17 @@ Rules (README "## API" documents them for users):
   the fleet tables), so at fleet scale it is 50–2000x slower (docs/BENCHMARKS.md).
 - **Data start**: the window starts no earlier than the data does — the first sample the
   selected servers hold (``servers.first_seen_at``, one small table) or the retention
-  horizon, whichever is later. A deployment two minutes old averages over two minutes, not
-  over the hour asked for (averages divide by the window; the answer's ``from`` says where it
-  starts). The horizon cuts the requested start (then widened to the step like it); a first
-  sample later than both is the start itself, while cells are still read from the step grid
-  (``read_start``): nothing precedes the first sample, so its grid cell holds only data from
-  it on.
+  horizon of the tier that serves it, whichever is later: ``PROCFLEET_RETENTION_DAYS`` for
+  the raw path, ``PROCFLEET_ROLLUP_MINUTE_RETENTION_DAYS`` for minute cells,
+  ``PROCFLEET_ROLLUP_HOUR_RETENTION_DAYS`` for hour cells. A window of minute steps that
+  starts before the minute cells' horizon is served by hour cells when its step is free
+  (``/top``), else cut at that horizon; a window the rollups cannot serve (forced raw, or the
+  rollup lagging) is cut at the raw horizon. A deployment two minutes old averages over two
+  minutes, not over the hour asked for (averages divide by the window; the answer's
+  ``from`` says where it starts). The horizon cuts the requested start (then widened to the
+  step like it); a first sample later than both is the start itself, while cells are still
+  read from the step grid (``read_start``): nothing precedes the first sample, so its grid
+  cell holds only data from it on.
 - **Fleet tables**: a rollup query over every server (no ``server_ids``) reads the
   cross-server sums (``rollup_fleet_*``), ~100 rows per step instead of one per server.
 """
@@ -112,36 +117,62 @@ def ceil_to(moment: datetime, step_s: int) -> datetime:
     return floor if floor == moment else floor + timedelta(seconds=step_s)
 
 
+def _horizon(now: datetime, days: float | None) -> datetime | None:
+    return None if days is None else now - timedelta(days=days)
+
+
 async def plan_query(
     conn: asyncpg.Connection, time_range: TimeRange, source: str,
     server_ids: tuple[str, ...] | None, *, step_s: int | None = None, path: str | None = None,
     now: datetime | None = None, retention_days: float | None = None,
+    rollup_retention_days: tuple[float, float] | None = None,
 ) -> Plan:
     """The plan of a query over ``time_range``; ``path`` forces raw or rollup (the rollup
     falls back to raw when it has no watermark at all).
 
-    The window starts no earlier than the retention horizon (``retention_days`` None: none)
-    and the first sample. A requested start (or the horizon) is widened to whole steps (a
-    rollup cell cannot be split); a later first sample is the start as is. The end is cut at
-    the data's horizon: ``now`` for the raw path, the watermark for the rollup path."""
+    The window starts no earlier than the retention horizon of the tier that serves it
+    (``retention_days``: the raw samples', None: none; ``rollup_retention_days``: (minute,
+    hour) cells', None: as the raw samples) and the first sample. A requested start (or the
+    horizon) is widened to whole steps (a rollup cell cannot be split); a later first sample
+    is the start as is. The end is cut at the data's horizon: ``now`` for the raw path, the
+    watermark for the rollup path."""
     now = now or datetime.now(UTC)
-    if retention_days is not None:
-        time_range = starting_at(time_range, now - timedelta(days=retention_days))
-    requested = time_range
-    time_range = starting_at(time_range, await first_sample_at(conn, server_ids))
-    step_s = step_s or cell_step_s(time_range)
-    start = floor_to(time_range.start, step_s)
+    minute_days, hour_days = rollup_retention_days or (retention_days, retention_days)
+    first = await first_sample_at(conn, server_ids)
+    mark = await watermark(conn, source)
+    forced_step = step_s
+
+    def bounded(horizon: datetime | None) -> tuple[TimeRange, TimeRange]:
+        """(the window cut at ``horizon``, the same cut at the first sample too)"""
+        requested = starting_at(time_range, horizon)
+        return requested, starting_at(requested, first)
+
+    if path != "raw" and mark is not None:  # the rollups first: they reach furthest back
+        requested, window = bounded(_horizon(now, hour_days))
+        step_s = forced_step or cell_step_s(window)
+        minute_horizon = _horizon(now, minute_days)
+        if step_s == MINUTE_S and minute_horizon is not None and (
+                window.start < minute_horizon):
+            if forced_step is None:
+                step_s = HOUR_S  # only hour cells are kept that far back
+            else:
+                requested, window = bounded(minute_horizon)
+        start = floor_to(window.start, step_s)
+        if path is None:
+            usable = mark > start and mark >= window.end - MAX_ROLLUP_LAG
+            if not usable:
+                log.warning("rollup behind: reading raw samples", extra={"kv": {
+                    "source": source, "watermark": mark.isoformat(),
+                    "end": window.end.isoformat()}})
+            path = "rollup" if usable else "raw"
+    if path != "rollup" or mark is None:
+        path = "raw"
+        requested, window = bounded(_horizon(now, retention_days))
+        step_s = forced_step or cell_step_s(window)
+        start = floor_to(window.start, step_s)
+    time_range = window
     effective_start = start if time_range is requested else time_range.start
     end = time_range.end
-    mark = await watermark(conn, source)
-    if path is None:
-        usable = mark is not None and mark > start and mark >= end - MAX_ROLLUP_LAG
-        if mark is not None and not usable:
-            log.warning("rollup behind: reading raw samples", extra={"kv": {
-                "source": source, "watermark": mark.isoformat(), "end": end.isoformat()}})
-        path = "rollup" if usable else "raw"
-    if path == "rollup" and mark is None:
-        path = "raw"
     if path == "rollup":
         end = min(ceil_to(end, step_s), mark)
     else:  # widen to the step only as far as samples can exist

@@ -1,7 +1,9 @@
 """`procfleet compact [--older-than 2h] [--database-url URL]`: run the storage upkeep once,
 synchronously — compact every hour that ended at or before now minus the given age, give
-the emptied hot partitions' disk back — and exit 0. The workers run the same job every
-PROCFLEET_COMPACT_INTERVAL_S; running both at once is safe (one lock per hour)."""
+the emptied hot partitions' disk back, then apply the retention of every tier (the
+PROCFLEET_*RETENTION_DAYS settings: partitions dropped by tier, identities without history
+expired) — and exit 0. The workers run the same job every PROCFLEET_COMPACT_INTERVAL_S (the
+retention part hourly); running both at once is safe (one lock per hour, per upkeep)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from agent.errors import ProcfleetError
     from digest_worker.compaction import run_storage_upkeep
+    from digest_worker.retention import Retention
     from digest_worker.settings import WorkerSettings, mask_url
 
     try:
@@ -52,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     async def once():
         conn = await asyncpg.connect(settings.database_url)
         try:
-            return await run_storage_upkeep(conn, older_than=older_than)
+            return await run_storage_upkeep(
+                conn, older_than=older_than, retention=Retention.from_settings(settings),
+                ahead_days=settings.partitions_ahead_days)
         finally:
             await conn.close()
 

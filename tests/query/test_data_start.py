@@ -11,6 +11,7 @@ from test_correctness import by_name, check_all_paths
 from ingest_gateway.query.params import SeriesParams, TimeRange, TopParams
 from ingest_gateway.query.series import process_series
 from ingest_gateway.query.top import iso, top_processes
+from ingest_gateway.query.window import plan_query
 from tests.query.query_reference import top as reference_top
 from tests.query.query_seed import (
     base_time,
@@ -113,3 +114,35 @@ async def test_the_retention_horizon_bounds_an_older_first_sample(db):
     # the first sample is older than the window: the requested start, on the hour grid
     assert without.plan.start == (before - timedelta(hours=168)).replace(
         minute=0, second=0, microsecond=0)
+
+
+async def test_each_tier_serves_a_window_back_to_its_own_horizon(db):
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await db.execute("INSERT INTO rollup_watermarks (source, minute_until) "
+                     "VALUES ('processes', $1)", now)
+    await db.execute("INSERT INTO servers (server_id, first_seen_at, last_seen_at) "
+                     "VALUES ('old-01', $1, $2)", now - timedelta(days=900), now)
+
+    async def plan(days_ago: float, hours: float, **kw):
+        start = now - timedelta(days=days_ago)
+        return await plan_query(db, TimeRange(start, start + timedelta(hours=hours)),
+                                "processes", None, now=now, retention_days=14,
+                                rollup_retention_days=(30, 400), **kw)
+
+    # 3 hours 20 days ago: minute cells are kept 30 days
+    recent = await plan(20, 3)
+    assert (recent.path, recent.step_s, recent.start) == ("rollup", 60, now - timedelta(days=20))
+    # 3 hours 40 days ago: only hour cells reach back so far
+    old = await plan(40, 3)
+    assert (old.path, old.step_s) == ("rollup", 3600)
+    assert old.start == (now - timedelta(days=40)).replace(minute=0)  # widened to the hour
+    # minute cells asked for (a series step under an hour): cut at the minute horizon
+    cut = await plan(31, 48, step_s=60)
+    assert (cut.path, cut.start) == ("rollup", now - timedelta(days=30))
+    # the raw samples are kept 14 days: a forced raw read starts there
+    raw = await plan(15, 48, path="raw")
+    assert (raw.path, raw.step_s) == ("raw", 3600)
+    assert raw.start == (now - timedelta(days=14)).replace(minute=0)
+    # past the hour cells' horizon: the window shrinks to its end (on the grid)
+    far = await plan(401, 3)
+    assert far.start == (now - timedelta(days=401) + timedelta(hours=3)).replace(minute=0)

@@ -4,6 +4,7 @@ from several connections and to interrupt."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,8 @@ import pytest
 from digest_worker.compaction import run_storage_upkeep
 from digest_worker.partitions import run_upkeep
 from digest_worker.writer import BatchWriter
+from migrations.runner import migrate
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -271,3 +274,76 @@ async def test_procfleet_compact_killed_with_sigkill_midway_loses_nothing(conn,
 
     assert len(report.hours) == 2
     assert [tuple(r) for r in await conn.fetch(ALL)] == before
+
+
+async def _connect_when_accepting(url: str) -> asyncpg.Connection:
+    async def attempt() -> asyncpg.Connection | None:
+        try:
+            return await asyncpg.connect(url)
+        except (asyncpg.CannotConnectNowError, OSError):
+            return None
+    return await wait_until(attempt, "PostgreSQL accepting connections", timeout_s=60)
+
+
+async def _waiting_on_a_lock(conn: asyncpg.Connection, pid: int) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid))
+
+
+def _restart(server, mode: str) -> None:
+    """Restart the test's own PostgreSQL: ``fast`` (SIGINT: transactions aborted, a
+    checkpoint) or ``immediate`` (SIGQUIT: no checkpoint, crash recovery from the WAL)."""
+    if mode == "fast":
+        server.stop()
+    else:
+        server.proc.send_signal(signal.SIGQUIT)
+        server.proc.wait(60)
+        server.proc = None
+    server.start()
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_a_postgres_restart_mid_compaction_loses_and_duplicates_nothing(own_postgres,
+                                                                             mode):
+    server = own_postgres()
+    await migrate(server.url)
+    conn = await _connect_when_accepting(server.url)
+    await run_upkeep(conn, NOW.date(), 7, 1)
+    await write(conn, fleet_messages(START, 2 * 60))
+    await write(conn, group_messages(START, 2 * 60))
+    before = [tuple(r) for r in await conn.fetch(ALL)]
+    groups_before = [tuple(r) for r in await conn.fetch(GROUPS_ALL)]
+    hot = await conn.fetchval("SELECT count(*) FROM process_points")
+    blocker, victim = (await asyncpg.connect(server.url), await asyncpg.connect(server.url))
+    await conn.close()
+    try:
+        # The victim's transaction takes the first hour's hot rows out, then waits on the
+        # clock table (the test holds it): restart PostgreSQL there, the transaction open.
+        await blocker.execute("BEGIN; LOCK TABLE history_clock IN ACCESS EXCLUSIVE MODE")
+        task = asyncio.create_task(run_storage_upkeep(victim, now=NOW))
+        pid = victim.get_server_pid()
+        await wait_until(lambda: _waiting_on_a_lock(blocker, pid),
+                         "the compaction waiting on the clock table")
+        await asyncio.to_thread(_restart, server, mode)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+            await task
+    finally:
+        blocker.terminate()
+        victim.terminate()
+    conn = await _connect_when_accepting(server.url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM process_points") == hot
+        assert await conn.fetchval("SELECT count(*) FROM process_history") == 0
+        assert [tuple(r) for r in await conn.fetch(ALL)] == before
+
+        report = await run_storage_upkeep(conn, now=NOW)
+
+        assert len(report.hours) == 2 and len(report.group_hours) == 2
+        assert report.samples == len(before) + len(groups_before) and report.merged_samples == 0
+        assert await conn.fetchval("SELECT count(*) FROM process_points") == 0
+        assert await conn.fetchval("SELECT count(*) FROM process_group_points") == 0
+        assert [tuple(r) for r in await conn.fetch(ALL)] == before
+        assert [tuple(r) for r in await conn.fetch(GROUPS_ALL)] == groups_before
+    finally:
+        await conn.close()

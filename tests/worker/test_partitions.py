@@ -126,3 +126,19 @@ async def test_worker_rows_far_in_the_future_are_kept_in_the_default_partition(r
         assert await conn.fetchval("SELECT count(*) FROM process_points_default") == 3
     finally:
         await conn.close()
+
+
+async def test_a_tier_kept_longer_than_rows_arrive_creates_only_recent_days(conn):
+    # (the rollup tiers: hour cells kept 400 days, samples 14) kept 30 days, created from 3
+    # days back; a row waiting in the default partition for an older retained day still
+    # gets its own partition
+    await insert_group_sample(conn, at(TODAY - timedelta(days=20)))
+
+    report = await run_upkeep(conn, TODAY, 30, 1, tables=("process_group_points",),
+                              create_back_days=3)
+
+    days = sorted(await daily_partitions(conn, "process_group_points"))
+    assert days == [TODAY - timedelta(days=20)] + [
+        TODAY + timedelta(days=n) for n in range(-3, 2)]
+    assert report.moved_rows == 1
+    assert await conn.fetchval("SELECT count(*) FROM process_group_points_default") == 0

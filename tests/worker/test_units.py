@@ -362,15 +362,31 @@ def test_run_totals_add_batches_and_the_summary_rate_covers_one_window():
 def test_samples_of_identities_written_within_the_refresh_window_add_no_identity_row():
     from digest_worker.identity import IdentityWriter
     writer = IdentityWriter(refresh_s=45.0)
-    first = build_rows([process(ts=100.0)], writer)
+    clock = lambda: 200.0  # noqa: E731
+    first = build_rows([process(ts=100.0)], writer, clock=clock)
     writer.remember(first.identities, first.groups)  # as after COMMIT
-    assert build_rows([process(ts=140.0)], writer).identities == {}
-    due = build_rows([process(ts=150.0)], writer)  # > last_seen + refresh_s
+    assert build_rows([process(ts=140.0)], writer, clock=clock).identities == {}
+    due = build_rows([process(ts=150.0)], writer, clock=clock)  # > last_seen + refresh_s
     assert [row[7] for row in due.identities.values()] == [150.0]
-    older = build_rows([process(ts=90.0)], writer)  # before first_seen
+    older = build_rows([process(ts=90.0)], writer, clock=clock)  # before first_seen
     assert [row[6] for row in older.identities.values()] == [90.0]
     # without a writer, every identity is there
-    assert len(build_rows([process(ts=140.0)]).identities) == 1
+    assert len(build_rows([process(ts=140.0)], clock=clock).identities) == 1
+
+
+def test_an_identity_written_longer_ago_than_the_trust_window_is_written_again():
+    # The retention may have expired it since: a replayed sample must bring it back.
+    from digest_worker.identity import IdentityWriter
+    writer = IdentityWriter(refresh_s=45.0, trust_s=3600.0)
+    first = build_rows([process(ts=100.0)], writer, clock=lambda: 200.0)
+    writer.remember(first.identities, first.groups)
+    stale = build_rows([process(ts=120.0)], writer, clock=lambda: 100.0 + 3601.0)
+    assert [row[7] for row in stale.identities.values()] == [120.0]
+    group = ("g", ("s", 100.0, "nginx", *[None] * 15))
+    first = build_rows([group], writer, clock=lambda: 200.0)
+    writer.remember(first.identities, first.groups)
+    assert build_rows([group], writer, clock=lambda: 200.0).groups == {}
+    assert len(build_rows([group], writer, clock=lambda: 100.0 + 3601.0).groups) == 1
 
 
 def test_the_identity_memo_is_bounded():
