@@ -5,20 +5,21 @@ A sample row carries a 64-bit ``key`` instead of its process's identity (migrati
 - OS process: ``process_key(server_id, pid, start_time)``, group: ``group_key(server_id,
   name)`` — the first 8 bytes of an md5 over the identity's bytes, exactly as the SQL
   functions of the same names compute it (the migration converts old rows with those). The
-  worker derives a key without asking the database; keys already derived are memoised.
+  worker derives a key without asking the database; ``IdentityWriter`` memoises them.
 - The identity rows (``process_identities``, ``process_groups``) are upserted in the batch's
   transaction, before its points, in key order (two workers never wait on each other in a
   cycle): ``COPY`` into a temporary staging table, then one ``INSERT … SELECT`` from it that
   empties it (a CTE's ``DELETE … RETURNING``). Not ``unnest`` of one array per column:
   asyncpg checks every array element against ``collections.abc`` types, which cost ~4 µs of
   client CPU per identity against ~1.5 µs for COPY (docs/BENCHMARKS.md).
-  ``IdentityWriter`` remembers what it has written and committed, and skips an identity until
-  a sample is ``REFRESH_S`` newer than the ``last_seen`` it wrote (or older than its
-  ``first_seen``): most batches write no identity at all, and ``last_seen`` stays
-  within a minute of the newest sample (45 s + one 15 s interval). A remembered identity
-  whose ``last_seen`` is more than ``TRUST_S`` old is written again with its samples: the
-  retention may have expired it (digest_worker/retention.py; never before a day), and a
-  replayed sample must bring its identity back, not point at a deleted one.
+  ``IdentityWriter`` remembers per server what it has written and committed, and
+  ``build_rows`` skips an identity until a sample is ``REFRESH_S`` newer than the
+  ``last_seen`` it wrote (or older than its ``first_seen``): most batches write no identity
+  at all, and ``last_seen`` stays within a minute of the newest sample (45 s + one 15 s
+  interval; sighting times are clamped to the worker's clock: digest_worker/rows.py). A
+  remembered identity whose ``last_seen`` is more than ``TRUST_S`` old is written again with
+  its samples: the retention may have expired it (digest_worker/retention.py; never before a
+  day), and a replayed sample must bring its identity back, not point at a deleted one.
 - Collisions: the upsert only updates a row whose identity matches, and returns the keys it
   wrote; a key missing from the answer (or two identities sharing a key in one batch) raises
   ``KeyCollisionError``, a poison error: the message is dead-lettered, never merged with
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import time
 from typing import Any
 
 import asyncpg
@@ -40,6 +40,7 @@ from digest_worker.timestamps import encode_timestamptz
 REFRESH_S = 45.0
 # Half the shortest retention (1 day): clocks of workers and database may differ that much.
 TRUST_S = 12 * 3600.0
+INF = float("inf")
 MEMO_MAX_ENTRIES = 500_000
 
 _len = struct.Struct("!i")
@@ -96,44 +97,28 @@ class KeyCollisionError(ProcfleetError, ValueError):
         super().__init__(f"identity key {key} collides with another identity: {identity!r}")
 
 
-_process_keys: dict[tuple[Any, Any, Any], int] = {}
-_group_keys: dict[tuple[Any, Any], int] = {}
-
-
 def process_key(server_id: str, pid: int, start_time: float | str) -> int:
     """The key of an OS process; ``start_time`` as the stream carries it (epoch seconds or
-    RFC 3339 text: the same instant gives the same key)."""
-    memo = (server_id, pid, start_time)
-    key = _process_keys.get(memo)
-    if key is None:
-        try:
-            server = server_id.encode()
-            data = _len.pack(len(server)) + server + _int64.pack(pid)
-        except (AttributeError, struct.error) as exc:
-            raise TypeError(f"bad process identity {memo!r}: {exc}") from None
-        data += encode_timestamptz(start_time)
-        key = int.from_bytes(_md5(data, usedforsecurity=False).digest()[:8], "big", signed=True)
-        if len(_process_keys) >= MEMO_MAX_ENTRIES:
-            _process_keys.clear()
-        _process_keys[memo] = key
-    return key
+    RFC 3339 text: the same instant gives the same key). Not memoised here: the writer keeps
+    keys per server (``IdentityWriter``)."""
+    try:
+        server = server_id.encode()
+        data = _len.pack(len(server)) + server + _int64.pack(pid)
+    except (AttributeError, struct.error) as exc:
+        raise TypeError(f"bad process identity {(server_id, pid, start_time)!r}: {exc}"
+                        ) from None
+    return _int64.unpack_from(_md5(data + encode_timestamptz(start_time),
+                                   usedforsecurity=False).digest())[0]
 
 
 def group_key(server_id: str, name: str) -> int:
     """The key of a process_exporter series (server_id, name)."""
-    memo = (server_id, name)
-    key = _group_keys.get(memo)
-    if key is None:
-        try:
-            server = server_id.encode()
-            data = _len.pack(len(server)) + server + name.encode()
-        except AttributeError as exc:
-            raise TypeError(f"bad group identity {memo!r}: {exc}") from None
-        key = int.from_bytes(_md5(data, usedforsecurity=False).digest()[:8], "big", signed=True)
-        if len(_group_keys) >= MEMO_MAX_ENTRIES:
-            _group_keys.clear()
-        _group_keys[memo] = key
-    return key
+    try:
+        server = server_id.encode()
+        data = _len.pack(len(server)) + server + name.encode()
+    except AttributeError as exc:
+        raise TypeError(f"bad group identity {(server_id, name)!r}: {exc}") from None
+    return _int64.unpack_from(_md5(data, usedforsecurity=False).digest())[0]
 
 
 def same_start(a: Any, b: Any) -> bool:
@@ -141,37 +126,28 @@ def same_start(a: Any, b: Any) -> bool:
 
 
 class IdentityWriter:
-    """Upserts the identities of a batch that this worker has not written recently."""
+    """Upserts a batch's identity rows, and remembers per server what it wrote and committed.
+
+    ``processes``: server_id -> pid -> ``[start_time, key, first_seen, last_seen + refresh_s]``
+    and ``groups``: server_id -> name -> ``[key, first_seen, last_seen + refresh_s]``, both
+    read and filled by ``build_rows`` (digest_worker/rows.py), which looks a sample's key and
+    written window up there with one dict lookup on an int (or a short name) instead of
+    hashing a (server_id, pid, start_time) tuple per row, and adds an identity row only for a
+    sample outside its window or written longer than ``trust_s`` ago (``due``). An entry not
+    written yet has the empty window ``(inf, -inf)``; a pid reused by another process replaces
+    its entry (a miss: the key is derived again). The windows only widen in ``remember``,
+    after COMMIT, which also forgets everything but its batch once ``max_entries`` entries
+    were added."""
 
     def __init__(self, refresh_s: float = REFRESH_S,
                  max_entries: int = MEMO_MAX_ENTRIES, trust_s: float = TRUST_S) -> None:
         self.refresh_s = refresh_s
         self.trust_s = trust_s
         self.max_entries = max_entries
-        # key -> (first_seen, last_seen, identity) as last written and committed
-        self._processes: dict[int, tuple] = {}
-        self._groups: dict[int, tuple] = {}
+        self.processes: dict[str, dict[Any, list]] = {}
+        self.groups: dict[str, dict[str, list]] = {}
+        self.entries = 0  # added by build_rows (an upper bound: a reused pid replaces one)
         self.written = 0
-
-    @property
-    def known_processes(self) -> dict[int, tuple]:
-        """key -> (first_seen, last_seen, (server_id, pid, start_time)) written and committed;
-        build_rows skips a sample inside that window (read only)."""
-        return self._processes
-
-    def _due(self, seen: dict[int, tuple], rows: dict[int, list], first: int,
-             last: int) -> list[list]:
-        due = []
-        refresh_s = self.refresh_s
-        stale_s = time.time() - self.trust_s
-        for key, row in rows.items():
-            known = seen.get(key)
-            # A known key with another identity is written too: the upsert reports it.
-            if (known is None or row[first] < known[0] or row[last] > known[1] + refresh_s
-                    or known[1] < stale_s or known[2] != _identity(row, first)):
-                due.append(row)
-        due.sort(key=lambda r: r[0])
-        return due
 
     @staticmethod
     async def prepare(conn: asyncpg.Connection) -> None:
@@ -183,35 +159,55 @@ class IdentityWriter:
 
     async def write(self, conn: asyncpg.Connection, identities: dict[int, list],
                     groups: dict[int, list]) -> None:
-        """Upsert the due identities of a batch (inside the batch's transaction; ``conn``
-        went through ``prepare``)."""
-        for sql, staging, columns, rows, seen, first, last in (
-                (IDENTITY_UPSERT, IDENTITY_STAGING, IDENTITY_COLUMNS, identities,
-                 self._processes, FIRST, LAST),
-                (GROUP_UPSERT, GROUP_STAGING, GROUP_COLUMNS, groups, self._groups, G_FIRST,
-                 G_LAST)):
-            due = self._due(seen, rows, first, last)
-            if not due:
+        """Upsert identity rows (those ``build_rows`` found due; inside the batch's
+        transaction; ``conn`` went through ``prepare``)."""
+        for sql, staging, columns, rows in (
+                (IDENTITY_UPSERT, IDENTITY_STAGING, IDENTITY_COLUMNS, identities),
+                (GROUP_UPSERT, GROUP_STAGING, GROUP_COLUMNS, groups)):
+            if not rows:
                 continue
-            await conn.copy_records_to_table(staging, records=due, columns=columns)
-            written = {r["key"] for r in await conn.fetch(sql)}
+            await conn.copy_records_to_table(staging, records=rows.values(), columns=columns)
+            written = await conn.fetch(sql)
             self.written += len(written)
-            if len(written) != len(due):
-                row = next(r for r in due if r[0] not in written)
+            if len(written) != len(rows):
+                keys = {r["key"] for r in written}
+                row = next(r for key, r in rows.items() if key not in keys)
                 raise KeyCollisionError(row[0], tuple(row[1:4]))
 
     def remember(self, identities: dict[int, list], groups: dict[int, list]) -> None:
         """Call after COMMIT: these identities are in the database up to their last_seen."""
-        for rows, seen, first, last in ((identities, self._processes, FIRST, LAST),
-                                        (groups, self._groups, G_FIRST, G_LAST)):
-            if len(seen) + len(rows) > self.max_entries:
-                seen.clear()
-            for key, row in rows.items():
-                known = seen.get(key)
-                if known is None:
-                    seen[key] = (row[first], row[last], _identity(row, first))
-                elif row[last] > known[1] + self.refresh_s or row[first] < known[0]:
-                    seen[key] = (min(known[0], row[first]), max(known[1], row[last]), known[2])
+        if self.entries > self.max_entries:
+            self.processes.clear()
+            self.groups.clear()
+            self.entries = 0
+        refresh_s = self.refresh_s
+        for key, row in identities.items():
+            server_id, pid, start = row[1], row[2], row[3]
+            by_pid = self.processes.get(server_id)
+            if by_pid is None:
+                by_pid = self.processes[server_id] = {}
+            entry = by_pid.get(pid)
+            if entry is None or entry[1] != key or entry[0] != start:
+                entry = by_pid[pid] = [start, key, INF, -INF]
+                self.entries += 1
+            _widen(entry, 2, row[FIRST], row[LAST] + refresh_s)
+        for key, row in groups.items():
+            server_id, name = row[1], row[4]
+            by_name = self.groups.get(server_id)
+            if by_name is None:
+                by_name = self.groups[server_id] = {}
+            entry = by_name.get(name)
+            if entry is None or entry[0] != key:
+                entry = by_name[name] = [key, INF, -INF]
+                self.entries += 1
+            _widen(entry, 1, row[G_FIRST], row[G_LAST] + refresh_s)
+
+
+def _widen(entry: list, at: int, first: Any, last_plus_refresh: Any) -> None:
+    if first < entry[at]:
+        entry[at] = first
+    if last_plus_refresh > entry[at + 1]:
+        entry[at + 1] = last_plus_refresh
 
 
 def merge_rows(rows: list[list], first: int) -> dict[int, list]:

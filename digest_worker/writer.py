@@ -12,8 +12,10 @@ Three ways to land a table's rows (``insert_method``; bench/bench_writer.py meas
 ``unnest``   ``INSERT … SELECT FROM unnest($1::…[], …) ON CONFLICT DO NOTHING``.
 
 Whatever the method, the batch starts with the upserts of the identities it needs
-(digest_worker/identity.py: most batches need none) and ends with one upsert of ``servers``
-(last_seen_at, and the metadata of the newest host message) in server_id order, then COMMIT.
+(digest_worker/identity.py: most batches need none) and ends with one statement that marks
+the batch's late points for the rollups (the points' triggers skip the writer's batches:
+migrations/0009) and upserts ``servers`` (last_seen_at, and the metadata of the newest host
+message) in server_id order, then COMMIT.
 
 A batch that fails because of its *data* (see ``is_poison``) is isolated in one transaction
 (``_Isolation``): its rows are built once, per message, then bisected per table where each probe
@@ -74,6 +76,18 @@ ON CONFLICT (server_id) DO UPDATE SET
                           ELSE servers.last_report_id END,
     metadata_at    = GREATEST(servers.metadata_at, EXCLUDED.metadata_at)
 """.format(newer="EXCLUDED.metadata_at >= COALESCE(servers.metadata_at, '-infinity')")
+
+
+# The batch's transaction tells the points' late-sample triggers that the writer marks the
+# late points itself (migrations/0009): with the servers upsert, at the end of the batch.
+WRITER_MARKS_LATE = "SET LOCAL procfleet.late_marked_by_writer = on"
+MARK_LATE_AND_UPSERT_SERVERS = """
+WITH late AS (
+    INSERT INTO rollup_dirty (source, server_id, ts)
+    SELECT DISTINCT m.source, m.server_id, date_trunc('minute', m.ts)
+    FROM unnest($11::text[], $12::text[], $13::timestamptz[]) AS m(source, server_id, ts)
+    WHERE m.ts < statement_timestamp() - rollup_late_after()
+)""" + SERVERS_UPSERT
 
 
 def staging_table(table: str) -> str:
@@ -189,7 +203,7 @@ class BatchWriter:
 
     async def _write(self, conn: asyncpg.Connection, rows, method: str) -> WriteResult:
         result = WriteResult()
-        # Identities before points: the late-sample trigger of the points reads them.
+        await conn.execute(WRITER_MARKS_LATE)
         await self.identities.write(conn, rows.identities, rows.groups)
         for table, records in rows.tables.items():
             if not records:
@@ -213,7 +227,13 @@ class BatchWriter:
             result.inserted[table] = inserted
             result.duplicates[table] = len(records) - inserted
         if rows.servers:
-            await conn.execute(SERVERS_UPSERT, *zip(*rows.server_rows(), strict=True))
+            # After the points: its statement_timestamp() is not earlier than theirs, so it
+            # marks at least what the triggers would have.
+            marks = [(source, server_id, ts) for source, pairs in rows.late_marks.items()
+                     for server_id, ts in pairs]
+            await conn.execute(MARK_LATE_AND_UPSERT_SERVERS,
+                               *zip(*rows.server_rows(), strict=True),
+                               *(zip(*marks, strict=True) if marks else ([], [], [])))
         if rows.host_messages:
             result.inserted["servers"] = rows.host_messages
         return result

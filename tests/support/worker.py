@@ -101,3 +101,13 @@ async def run_burst(settings: WorkerSettings, **changes: Any) -> Worker:
     worker = Worker(settings.with_overrides(**changes) if changes else settings)
     await asyncio.wait_for(worker.run(), 120)
     return worker
+
+
+def forge_keys(monkeypatch, forged: dict[tuple, int]) -> None:
+    """Make build_rows derive the keys ``forged`` ((server_id, pid, start_time) -> key) for
+    those processes: md5 collisions do not come by chance."""
+    from digest_worker import rows
+
+    real = rows.process_key
+    monkeypatch.setattr(rows, "process_key", lambda *identity: (
+        forged[identity] if identity in forged else real(*identity)))

@@ -26,6 +26,7 @@ from digest_worker.timestamps import (
     to_pg_microseconds,
 )
 from ingest_gateway import stream
+from tests.support.worker import forge_keys
 
 # -- settings ----------------------------------------------------------------------------
 
@@ -138,8 +139,7 @@ def test_identities_are_one_per_process_per_batch_with_first_last_and_newest_val
 
 
 def test_two_identities_with_one_key_in_a_batch_raise_a_poison_error(monkeypatch):
-    from digest_worker import identity
-    monkeypatch.setattr(identity, "_process_keys", {("s", 1, 50.0): 5, ("s", 2, 50.0): 5})
+    forge_keys(monkeypatch, {("s", 1, 50.0): 5, ("s", 2, 50.0): 5})
     with pytest.raises(KeyCollisionError) as caught:
         build_rows([process(pid=1), process(pid=2)])
     assert caught.value.key == 5 and isinstance(caught.value, ValueError)
@@ -168,6 +168,33 @@ def test_a_sighting_never_moves_past_the_clock_but_samples_keep_their_ts():
     [a] = rows.server_rows()
     assert a[-3:] == (1_000.0, 500.0, 1_000.0)  # metadata_at, first_seen_at, last_seen_at
     assert [row[1] for row in rows.tables["process_samples"]] == [8_000.0, 500.0]
+
+
+def test_identity_sightings_never_move_past_the_clock_nor_refresh_every_batch():
+    from digest_worker.identity import IdentityWriter
+    writer = IdentityWriter(refresh_s=45.0)
+    rows = build_rows([process("a", 8_000.0), process("a", 500.0, pid=2),
+                       ("g", ("a", 9_000.0, "nginx", *[None] * 15))], writer,
+                      clock=lambda: 1_000.0)
+    assert sorted(row[6:8] for row in rows.identities.values()) == [[500.0, 500.0],
+                                                                     [1_000.0, 1_000.0]]
+    assert [row[2:4] for row in rows.groups.values()] == [[1_000.0, 1_000.0]]
+    writer.remember(rows.identities, rows.groups)
+    # the host stays an hour ahead: its identities are due once per refresh window of this
+    # worker's clock, not at every sample
+    later = [process("a", 8_030.0), ("g", ("a", 9_030.0, "nginx", *[None] * 15))]
+    assert build_rows(later, writer, clock=lambda: 1_030.0).identities == {}
+    due = build_rows(later, writer, clock=lambda: 1_050.0)
+    assert [row[7] for row in due.identities.values()] == [1_050.0]
+    assert [row[3] for row in due.groups.values()] == [1_050.0]
+
+
+def test_points_list_their_server_and_ts_once_for_the_late_marks():
+    group = ("g", ("a", 100.0, "nginx", *[None] * 15))
+    rows = build_rows([process("a", 100.0), process("a", 100.0, pid=2), group,
+                       process("b", 100.0), process("a", 115.0), process("a", 100.0, pid=3)])
+    assert rows.late_marks == {"processes": {("a", 100.0), ("b", 100.0), ("a", 115.0)},
+                               "groups": {("a", 100.0)}}
 
 
 @pytest.mark.parametrize("bad", [
@@ -355,16 +382,32 @@ def test_an_identity_written_longer_ago_than_the_trust_window_is_written_again()
     writer.remember(first.identities, first.groups)
     stale = build_rows([process(ts=120.0)], writer, clock=lambda: 100.0 + 3601.0)
     assert [row[7] for row in stale.identities.values()] == [120.0]
+    group = ("g", ("s", 100.0, "nginx", *[None] * 15))
+    first = build_rows([group], writer, clock=lambda: 200.0)
+    writer.remember(first.identities, first.groups)
+    assert build_rows([group], writer, clock=lambda: 200.0).groups == {}
+    assert len(build_rows([group], writer, clock=lambda: 100.0 + 3601.0).groups) == 1
+
+
+def test_the_identity_memo_is_bounded():
+    from digest_worker.identity import IdentityWriter
+    writer = IdentityWriter(max_entries=3)
+    rows = build_rows([process(pid=pid) for pid in (1, 2)], writer)
+    writer.remember(rows.identities, rows.groups)
+    assert len(writer.processes["s"]) == 2
+    rows = build_rows([process(pid=pid) for pid in (3, 4)], writer)
+    writer.remember(rows.identities, rows.groups)  # 4 entries > 3: all but this batch's go
+    assert sorted(writer.processes["s"]) == [3, 4] and writer.entries == 2
+    assert len(build_rows([process(pid=1)], writer).identities) == 1  # due again
 
 
 def test_a_known_key_with_another_identity_is_not_skipped(monkeypatch):
-    from digest_worker import identity
     from digest_worker.identity import IdentityWriter
     writer = IdentityWriter()
     first = build_rows([process(pid=1)], writer)
     writer.remember(first.identities, first.groups)
     [key] = first.identities
-    monkeypatch.setitem(identity._process_keys, ("s", 2, 50.0), key)  # forged collision
+    forge_keys(monkeypatch, {("s", 2, 50.0): key})  # a collision
     rows = build_rows([process(pid=2)], writer)
     assert list(rows.identities) == [key] and rows.identities[key][2] == 2
 

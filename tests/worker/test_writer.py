@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from digest_worker.writer import FALLBACK_BATCHES, BatchWriter, is_poison
-from tests.support.worker import report_messages
+from tests.support.worker import forge_keys, report_messages
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +145,42 @@ async def test_isolation_costs_one_statement_per_probe_and_upserts_servers_once(
     assert sum(q.startswith("INSERT INTO process_points") for q in isolation) == 1
 
 
+async def test_late_points_are_marked_for_the_rollups_once_as_the_triggers_would(conn):
+    # TS is in the past: late. The writer marks its batch's late points itself (the triggers
+    # skip its transaction, migrations/0009: each mark once); isolation goes through the
+    # triggers: the same marks.
+    writer = await prepared(conn, "copy")
+    fresh = report_messages("fresh", time.time())
+    await writer.commit(conn, [*report_messages("a", TS), *report_messages("a", TS + 60),
+                               *fresh])
+    poison = _poison_process("b", 9000)
+    result = await writer.commit(conn, [*report_messages("b", TS), poison,
+                                        *report_messages("b", TS + 60)])
+    assert len(result.poison) == 1
+
+    rows = await conn.fetch("SELECT source, server_id, extract(epoch FROM ts)::float8 AS m "
+                            "FROM rollup_dirty ORDER BY 1, 2, 3")
+    minutes = [TS - TS % 60, TS + 60 - TS % 60]
+    assert [(r["source"], r["server_id"], r["m"]) for r in rows] == [
+        (source, server, minute) for source in ("groups", "processes")
+        for server in ("a", "b") for minute in minutes]
+
+
+async def test_identity_and_server_sightings_stay_behind_the_workers_clock(conn):
+    writer = await prepared(conn, "copy")
+    ahead = time.time() + 3600  # a host whose clock is an hour ahead
+    await writer.commit(conn, report_messages("ahead", ahead))
+    now = await conn.fetchval("SELECT extract(epoch FROM now())::float8")
+    for table, column in (("process_identities", "last_seen"), ("process_groups", "last_seen"),
+                          ("servers", "last_seen_at")):
+        newest = await conn.fetchval(
+            f"SELECT extract(epoch FROM max({column}))::float8 FROM {table}")
+        assert newest <= now + 5, (table, newest, now)
+    # the samples keep their own time
+    assert await conn.fetchval(
+        "SELECT min(extract(epoch FROM ts))::float8 FROM process_points") == pytest.approx(ahead)
+
+
 async def test_isolation_hands_back_what_it_has_not_resolved_by_the_deadline(conn):
     writer = await prepared(conn, "copy")
     messages = report_messages("slow", TS, processes=64)
@@ -206,20 +243,17 @@ async def test_identities_are_written_once_then_refreshed_at_most_every_refresh_
         TS - 15) == 10
 
 
-async def test_a_key_held_by_another_identity_is_poison_and_nothing_is_merged(conn):
+async def test_a_key_held_by_another_identity_is_poison_and_nothing_is_merged(conn,
+                                                                              monkeypatch):
     writer = await prepared(conn, "copy")
     [_, _, process] = report_messages("srv", TS, processes=1, groups=0)
     await writer.commit(conn, [process])
     key = await conn.fetchval("SELECT key FROM process_identities")
     # an identity that hashes to the same key (forged: md5 collisions do not come by chance)
     other = ("p", ("other-server", TS, 999, TS - 10, *process[1][4:]))
-    from digest_worker import identity
-    identity._process_keys[("other-server", 999, TS - 10)] = key
-    try:
-        result = await writer.commit(conn, [other, report_messages("b", TS, processes=1,
-                                                                     groups=0)[2]])
-    finally:
-        identity._process_keys.clear()
+    forge_keys(monkeypatch, {("other-server", 999, TS - 10): key})
+    result = await writer.commit(conn, [other, report_messages("b", TS, processes=1,
+                                                                 groups=0)[2]])
 
     assert [index for index, _ in result.poison] == [0]
     assert "collides" in result.poison[0][1]
