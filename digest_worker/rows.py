@@ -16,7 +16,7 @@ refresh window (identity.py): the raw path's server filter allows 15 minutes
 (``process_points_between``, migrations/0003).
 
 Each batch also lists the (server_id, ts) of its points (``late_marks``): the writer marks the
-late ones for the rollups itself (migrations/0009), no join with the identities needed.
+late ones for the rollups itself (migrations/0008), no join with the identities needed.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class TableRows:
     identities: dict[int, list[Any]] = field(default_factory=dict)
     groups: dict[int, list[Any]] = field(default_factory=dict)
     # rollup source -> {(server_id, ts)} of the points: the writer marks the late ones
-    # (migrations/0009)
+    # (migrations/0008)
     late_marks: dict[str, set[tuple[str, float]]] = field(
         default_factory=lambda: {"processes": set(), "groups": set()})
 

@@ -14,7 +14,7 @@ Three ways to land a table's rows (``insert_method``; bench/bench_writer.py meas
 Whatever the method, the batch starts with the upserts of the identities it needs
 (digest_worker/identity.py: most batches need none) and ends with one statement that marks
 the batch's late points for the rollups (the points' triggers skip the writer's batches:
-migrations/0009) and upserts ``servers`` (last_seen_at, and the metadata of the newest host
+migrations/0008) and upserts ``servers`` (last_seen_at, and the metadata of the newest host
 message) in server_id order, then COMMIT.
 
 A batch that fails because of its *data* (see ``is_poison``) is isolated in one transaction
@@ -79,7 +79,7 @@ ON CONFLICT (server_id) DO UPDATE SET
 
 
 # The batch's transaction tells the points' late-sample triggers that the writer marks the
-# late points itself (migrations/0009): with the servers upsert, at the end of the batch.
+# late points itself (migrations/0008): with the servers upsert, at the end of the batch.
 WRITER_MARKS_LATE = "SET LOCAL procfleet.late_marked_by_writer = on"
 MARK_LATE_AND_UPSERT_SERVERS = """
 WITH late AS (

@@ -147,7 +147,7 @@ async def test_isolation_costs_one_statement_per_probe_and_upserts_servers_once(
 
 async def test_late_points_are_marked_for_the_rollups_once_as_the_triggers_would(conn):
     # TS is in the past: late. The writer marks its batch's late points itself (the triggers
-    # skip its transaction, migrations/0009: each mark once); isolation goes through the
+    # skip its transaction, migrations/0008: each mark once); isolation goes through the
     # triggers: the same marks.
     writer = await prepared(conn, "copy")
     fresh = report_messages("fresh", time.time())

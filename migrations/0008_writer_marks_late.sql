@@ -1,4 +1,4 @@
--- 0009: the digest writer marks its own late samples; the points' late-sample triggers skip
+-- 0008: the digest writer marks its own late samples; the points' late-sample triggers skip
 -- its statements.
 --
 -- Since 0003 the triggers find a point's server by joining the statement's rows with
