@@ -77,7 +77,7 @@ TIERS = {
         "group history": ("process_groups", "process_group_points", "process_group_history",
                           "group_history_clock"),
         "rollups": ("rollup_minute", "rollup_hour", "rollup_fleet_minute",
-                    "rollup_fleet_hour"),
+                    "rollup_fleet_hour", "rollup_names", "rollup_series"),
         "snapshots, servers": ("snapshots", "servers"),
     },
 }

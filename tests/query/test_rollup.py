@@ -22,14 +22,26 @@ from tests.query.query_seed import (
 pytestmark = pytest.mark.integration
 
 TABLES = (*ROLLUP_TABLES, "rollup_watermarks")
+# Cells with their keys spelled out (the tables hold dictionary ids, migrations/0006).
+NAMED = {
+    "rollup_minute": "k.source, k.server_id, k.name, c.* FROM rollup_minute c "
+                     "JOIN rollup_series_names k USING (series_id)",
+    "rollup_hour": "k.source, k.server_id, k.name, c.* FROM rollup_hour c "
+                   "JOIN rollup_series_names k USING (series_id)",
+    "rollup_fleet_minute": "k.source, k.name, c.* FROM rollup_fleet_minute c "
+                           "JOIN rollup_names k USING (name_id)",
+    "rollup_fleet_hour": "k.source, k.name, c.* FROM rollup_fleet_hour c "
+                         "JOIN rollup_names k USING (name_id)",
+}
 
 
 async def table_contents(db) -> dict[str, list[tuple]]:
     contents = {}
     for table in TABLES:
-        rows = await db.fetch(f"SELECT * FROM {table}")
+        rows = await db.fetch(f"SELECT {NAMED.get(table, f'* FROM {table}')}")
         contents[table] = sorted(
-            tuple(v for k, v in r.items() if k != "updated_at") for r in rows)
+            tuple(v for k, v in r.items() if k not in ("updated_at", "series_id", "name_id"))
+            for r in rows)
     return contents
 
 
