@@ -195,7 +195,9 @@ class RollupJob:
 
 # The cells of a minute function with their dictionary keys (migrations/0006): names and
 # series the dictionaries lack are added first (only those, so identity values are not spent
-# on conflicts; the job's lock makes it the only writer), then the cells refer to them.
+# on conflicts; the job's lock makes it the only writer), then the cells refer to them, in
+# key order: a series' cells of a chunk land side by side and their index pages stay full
+# (docs/BENCHMARKS.md "Storage").
 _INSERT_MINUTES = f"""
 WITH c AS MATERIALIZED (SELECT * FROM {{function}}($2, $3, {{servers}})),
 added_names AS (
@@ -219,7 +221,8 @@ added_names AS (
 INSERT INTO rollup_minute (series_id, ts, {_COLUMNS})
 SELECT s.series_id, c.ts, {", ".join(f"c.{col}" for col in CELL_COLUMNS)}
 FROM c JOIN names n USING (name) JOIN series s ON s.name_id = n.name_id
-                                              AND s.server_id = c.server_id"""
+                                              AND s.server_id = c.server_id
+ORDER BY s.series_id, c.ts"""
 # The cells of one source (and, with $4, of some servers) in [$2, $3).
 _SERIES = ("series_id IN (SELECT k.series_id FROM rollup_series_names k "
            "WHERE k.source = $1{servers})")
@@ -265,7 +268,8 @@ async def roll_minutes(conn: asyncpg.Connection, source: str, start: datetime, e
 
 async def rebuild_fleet(conn: asyncpg.Connection, fleet_table: str, table: str, source: str,
                         start: datetime, end: datetime) -> None:
-    """Recompute the cross-server sums of ``[start, end)`` from the per-server table."""
+    """Recompute the cross-server sums of ``[start, end)`` from the per-server table (in
+    key order: always the right end of the (ts, name_id) index, whose pages stay full)."""
     names = "name_id IN (SELECT name_id FROM rollup_names WHERE source = $1)"
     await conn.execute(f"DELETE FROM {fleet_table} WHERE {names} AND ts >= $2 AND ts < $3",
                        source, start, end)
@@ -273,7 +277,8 @@ async def rebuild_fleet(conn: asyncpg.Connection, fleet_table: str, table: str, 
         f"INSERT INTO {fleet_table} (name_id, ts, servers, {_COLUMNS}) "
         f"SELECT k.name_id, c.ts, count(*), {_FLEET_AGGREGATES} FROM {table} c "
         f"JOIN rollup_series_names k USING (series_id) "
-        f"WHERE k.source = $1 AND c.ts >= $2 AND c.ts < $3 GROUP BY k.name_id, c.ts",
+        f"WHERE k.source = $1 AND c.ts >= $2 AND c.ts < $3 GROUP BY k.name_id, c.ts "
+        f"ORDER BY c.ts, k.name_id",
         source, start, end)
 
 
