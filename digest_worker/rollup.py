@@ -269,14 +269,14 @@ async def roll_minutes(conn: asyncpg.Connection, source: str, start: datetime, e
 async def rebuild_fleet(conn: asyncpg.Connection, fleet_table: str, table: str, source: str,
                         start: datetime, end: datetime) -> None:
     """Recompute the cross-server sums of ``[start, end)`` from the per-server table (in
-    key order: always the right end of the (ts, name_id) index, whose pages stay full)."""
-    names = "name_id IN (SELECT name_id FROM rollup_names WHERE source = $1)"
-    await conn.execute(f"DELETE FROM {fleet_table} WHERE {names} AND ts >= $2 AND ts < $3",
-                       source, start, end)
+    key order: the right end of the source's range of the index, whose pages stay full)."""
     await conn.execute(
-        f"INSERT INTO {fleet_table} (name_id, ts, servers, {_COLUMNS}) "
-        f"SELECT k.name_id, c.ts, count(*), {_FLEET_AGGREGATES} FROM {table} c "
-        f"JOIN rollup_series_names k USING (series_id) "
+        f"DELETE FROM {fleet_table} WHERE source_code = rollup_source_code($1) "
+        f"AND ts >= $2 AND ts < $3", source, start, end)
+    await conn.execute(
+        f"INSERT INTO {fleet_table} (source_code, name_id, ts, servers, {_COLUMNS}) "
+        f"SELECT rollup_source_code($1), k.name_id, c.ts, count(*), {_FLEET_AGGREGATES} "
+        f"FROM {table} c JOIN rollup_series_names k USING (series_id) "
         f"WHERE k.source = $1 AND c.ts >= $2 AND c.ts < $3 GROUP BY k.name_id, c.ts "
         f"ORDER BY c.ts, k.name_id",
         source, start, end)

@@ -17,14 +17,23 @@
 -- The cell tables keep their names, partitioning and columns of values (float8, exact), with
 -- fixed-width columns ordered so that nothing is padded: a per-server cell is 24 B of tuple
 -- header + 56 B (series_id, samples, ts, five float8) = 80 B, its key (series_id, ts) 16 B.
--- Fleet cells are keyed (ts, name_id): the fleet query reads every name of a window, as it
--- did with (source, ts, name).
+-- Fleet cells are keyed (source_code, ts, name_id): the fleet query reads every name of one
+-- source in a window, one index range as with (source, ts, name). source_code
+-- (rollup_source_code(): 1 groups, 2 processes) repeats what name_id implies, at no cost in
+-- the heap (it fills what would be padding) and 8 B in the index: without it a window's
+-- range holds both sources, and a backfill of one source after the other splits the index
+-- pages of the other in half.
 --
 -- Only the rollup job (digest_worker/rollup.py) adds dictionary rows, under its advisory
 -- lock; it adds those it lacks only, so identity values are not spent on conflicts.
 -- Dictionary rows are never deleted (a few per name and server ever seen: small).
 -- rollup_watermarks and rollup_dirty (late samples) are unchanged. Existing cells are
 -- converted here, in the migration's transaction, values as they were.
+
+CREATE FUNCTION rollup_source_code(p_source text) RETURNS smallint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE p_source WHEN 'groups' THEN 1 WHEN 'processes' THEN 2 END::smallint
+$$;
 
 CREATE TABLE rollup_names (
     name_id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -76,11 +85,13 @@ FROM rollup_hour c JOIN rollup_series_names k
   ON k.source = c.source AND k.server_id = c.server_id AND k.name = c.name;
 CREATE TEMP TABLE rollup_convert_fleet_minute ON COMMIT DROP AS
 SELECT n.name_id, c.servers, c.ts, c.samples, c.cpu_seconds, c.cpu_core_minutes,
-       c.memory_byte_minutes, c.memory_peak_bytes, c.num_procs_minutes
+       c.memory_byte_minutes, c.memory_peak_bytes, c.num_procs_minutes,
+       rollup_source_code(c.source) AS source_code
 FROM rollup_fleet_minute c JOIN rollup_names n ON n.source = c.source AND n.name = c.name;
 CREATE TEMP TABLE rollup_convert_fleet_hour ON COMMIT DROP AS
 SELECT n.name_id, c.servers, c.ts, c.samples, c.cpu_seconds, c.cpu_core_minutes,
-       c.memory_byte_minutes, c.memory_peak_bytes, c.num_procs_minutes
+       c.memory_byte_minutes, c.memory_peak_bytes, c.num_procs_minutes,
+       rollup_source_code(c.source) AS source_code
 FROM rollup_fleet_hour c JOIN rollup_names n ON n.source = c.source AND n.name = c.name;
 
 -- The day partitions the old tables have (the upkeep made them, some days ahead): the new
@@ -137,7 +148,8 @@ CREATE TABLE rollup_fleet_minute (
     memory_byte_minutes double precision NOT NULL,
     memory_peak_bytes   double precision NOT NULL,
     num_procs_minutes   double precision NOT NULL,
-    PRIMARY KEY (ts, name_id)
+    source_code         smallint         NOT NULL,
+    PRIMARY KEY (source_code, ts, name_id)
 ) PARTITION BY RANGE (ts);
 CREATE TABLE rollup_fleet_minute_default PARTITION OF rollup_fleet_minute DEFAULT;
 
@@ -151,7 +163,8 @@ CREATE TABLE rollup_fleet_hour (
     memory_byte_minutes double precision NOT NULL,
     memory_peak_bytes   double precision NOT NULL,
     num_procs_minutes   double precision NOT NULL,
-    PRIMARY KEY (ts, name_id)
+    source_code         smallint         NOT NULL,
+    PRIMARY KEY (source_code, ts, name_id)
 ) PARTITION BY RANGE (ts);
 CREATE TABLE rollup_fleet_hour_default PARTITION OF rollup_fleet_hour DEFAULT;
 
@@ -171,5 +184,7 @@ $$;
 -- In key order: the indexes are built dense.
 INSERT INTO rollup_minute SELECT * FROM rollup_convert_minute ORDER BY series_id, ts;
 INSERT INTO rollup_hour SELECT * FROM rollup_convert_hour ORDER BY series_id, ts;
-INSERT INTO rollup_fleet_minute SELECT * FROM rollup_convert_fleet_minute ORDER BY ts, name_id;
-INSERT INTO rollup_fleet_hour SELECT * FROM rollup_convert_fleet_hour ORDER BY ts, name_id;
+INSERT INTO rollup_fleet_minute
+SELECT * FROM rollup_convert_fleet_minute ORDER BY source_code, ts, name_id;
+INSERT INTO rollup_fleet_hour
+SELECT * FROM rollup_convert_fleet_hour ORDER BY source_code, ts, name_id;

@@ -57,11 +57,13 @@ def _raw_cells(plan: Plan, args: Args, name: str | None) -> str:
 
 
 def _rollup_cells(plan: Plan, args: Args, name: str | None) -> str:
-    # Cells are keyed by dictionary ids (migrations/0006): the dictionary rows of the source
-    # (and servers, and name) come first, then the cells of those keys in the window.
+    # Cells are keyed by dictionary ids (migrations/0006): per server, the series of the
+    # source (and servers, and name) first, then their cells in the window; fleet-wide, the
+    # source's range of the window, labelled by the names dictionary.
     table = ROLLUP_TABLES[(plan.fleet, plan.step_s)]
-    where = [f"k.source = {args.add(plan.source)}",
-             f"c.ts >= {args.add(plan.grid_start)}", f"c.ts < {args.add(plan.end)}"]
+    source = (f"c.source_code = rollup_source_code({args.add(plan.source)})" if plan.fleet
+              else f"k.source = {args.add(plan.source)}")
+    where = [source, f"c.ts >= {args.add(plan.grid_start)}", f"c.ts < {args.add(plan.end)}"]
     if not plan.fleet and plan.server_ids is not None:
         where.append(f"k.server_id = ANY({args.add(list(plan.server_ids))}::text[])")
     if name is not None:
