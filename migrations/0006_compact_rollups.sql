@@ -2,8 +2,9 @@
 --
 -- Why: every cell of 0002 repeated the source ('groups' / 'processes'), the server id (32
 -- characters on a real fleet) and the name as text, in the heap and again in its primary key
--- index: ~140 B of heap and ~75 B of index per cell, 21 B per process sample for the four
--- tables (docs/BENCHMARKS.md "Storage"). Now:
+-- index: ~140 B of heap and ~75 B of index per cell, 21.1 B per process sample for the four
+-- tables; 11.9 B with the keys below (bench/bench_storage.py, docs/BENCHMARKS.md "Storage").
+-- Now:
 --
 -- * rollup_names   one row per (source, name): name_id, the fleet tables' key.
 -- * rollup_series  one row per (name_id, server_id), i.e. per (source, server, name):
