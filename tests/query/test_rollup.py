@@ -86,6 +86,28 @@ async def test_incremental_runs_equal_one_full_run(db):
     assert rounded(await table_contents(db)) == incremental
 
 
+async def test_dictionary_ids_are_not_spent_on_entries_that_exist(db):
+    base = base_time()
+    await insert_groups(db, steady_group("web-01", "nginx", base, 60)
+                        + steady_group("web-02", "nginx", base, 60)
+                        + steady_group("web-03", "nginx", base + timedelta(minutes=30), 30)
+                        + steady_group("web-01", "redis", base + timedelta(minutes=40), 20))
+    await insert_processes(db, steady_process("web-01", "nginx", 80, base, 60))
+    job = RollupJob(db, retention_days=2, max_chunks=100)
+    now = base + timedelta(minutes=5)
+    while now <= base + timedelta(minutes=70):  # one minute per run, as a running worker
+        await job.refresh_rollups(now)
+        now += timedelta(minutes=1)
+    names = await db.fetch("SELECT name_id, source, name FROM rollup_names ORDER BY name_id")
+    series = await db.fetch("SELECT series_id, server_id FROM rollup_series_names "
+                            "ORDER BY series_id")
+    # Entries that appear later get the next ids: every run that met an existing entry left
+    # the identity sequence alone (an int4 would otherwise run out in months).
+    assert [tuple(r) for r in names] == [(1, "groups", "nginx"), (2, "processes", "nginx"),
+                                         (3, "groups", "redis")]
+    assert [tuple(r) for r in series][3:] == [(4, "web-03"), (5, "web-01")]
+
+
 async def test_watermark_stays_behind_the_settle_delay(db):
     now = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
     report = await refresh_rollups(db, now=now, retention_days=1, settle_s=40, max_chunks=100)
