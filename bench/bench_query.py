@@ -155,17 +155,25 @@ async def fill_rollups(conn: asyncpg.Connection, args: argparse.Namespace,
     minute_from = now - timedelta(hours=7)
     started = time.perf_counter()
     await conn.execute("SET synchronous_commit = off")
+    # The other servers' series (dictionary rows, migrations/0006), then their cells.
+    await conn.execute(
+        "INSERT INTO rollup_series (name_id, server_id) "
+        "SELECT k.name_id, 'srv-' || lpad(s::text, 3, '0') FROM rollup_series_names k, "
+        "generate_series(1, $1::int - 1) s WHERE k.source = 'groups' AND k.server_id = 'srv-000' "
+        "ON CONFLICT DO NOTHING", args.servers)
     for table, since in (("rollup_minute", minute_from), ("rollup_hour", None)):
         until = recent if table == "rollup_minute" else floor_hour(recent)
         await conn.execute(
-            f"INSERT INTO {table} SELECT r.source, 'srv-' || lpad(s::text, 3, '0'), r.name, "
-            f"r.ts, r.samples, r.cpu_seconds * f, r.cpu_core_minutes * f, "
+            f"INSERT INTO {table} (series_id, ts, samples, cpu_seconds, cpu_core_minutes, "
+            f"memory_byte_minutes, memory_peak_bytes, num_procs_minutes) "
+            f"SELECT o.series_id, r.ts, r.samples, r.cpu_seconds * f, r.cpu_core_minutes * f, "
             f"r.memory_byte_minutes * f, r.memory_peak_bytes * f, r.num_procs_minutes "
-            f"FROM {table} r, generate_series(1, $1::int - 1) s, "
-            f"LATERAL (SELECT 1 + s % 4 * 0.25 AS f) k "
-            f"WHERE r.source = 'groups' AND r.server_id = 'srv-000' AND r.ts < $2 "
-            f"AND ($3::timestamptz IS NULL OR r.ts >= $3) "
-            f"ON CONFLICT DO NOTHING", args.servers, until, since)
+            f"FROM {table} r JOIN rollup_series_names k USING (series_id) "
+            f"JOIN rollup_series o ON o.name_id = k.name_id AND o.server_id <> 'srv-000', "
+            f"LATERAL (SELECT 1 + substr(o.server_id, 5)::int % 4 * 0.25 AS f) m "
+            f"WHERE k.source = 'groups' AND k.server_id = 'srv-000' AND r.ts < $1 "
+            f"AND ($2::timestamptz IS NULL OR r.ts >= $2) "
+            f"ON CONFLICT DO NOTHING", until, since)
     await rebuild_fleet(conn, "rollup_fleet_minute", "rollup_minute", "groups",
                         minute_from - timedelta(hours=1), now)
     await rebuild_fleet(conn, "rollup_fleet_hour", "rollup_hour", "groups",

@@ -7,7 +7,7 @@ Seeds the same fleet (bench/fleet_day.py: idle/light/busy mix, churn, restarts, 
 machine ids, ~90-character command lines, clock-tick CPU) into two databases:
 
 - ``before``: migrations 0001–0002 only (one wide row per sample), rows COPYed as the old
-  writer did;
+  writer did, rollups with text keys as the 0002 job wrote them;
 - ``after``: every migration, rows written by the digest writer (digest_worker/writer.py).
 
 then runs the upkeep each schema has (the rollup job; for ``after`` also the storage upkeep
@@ -42,7 +42,12 @@ import asyncpg  # noqa: E402
 
 from bench.fleet_day import FleetDay  # noqa: E402
 from digest_worker import partitions  # noqa: E402
-from digest_worker.rollup import RollupJob  # noqa: E402
+from digest_worker.rollup import (  # noqa: E402
+    CELL_COLUMNS,
+    MINUTE_FUNCTIONS,
+    ROLLUP_TABLES,
+    RollupJob,
+)
 from digest_worker.timestamps import install_codec  # noqa: E402
 from digest_worker.writer import BatchWriter  # noqa: E402
 from migrations.runner import discover, migrate  # noqa: E402
@@ -77,7 +82,7 @@ TIERS = {
         "group history": ("process_groups", "process_group_points", "process_group_history",
                           "group_history_clock"),
         "rollups": ("rollup_minute", "rollup_hour", "rollup_fleet_minute",
-                    "rollup_fleet_hour"),
+                    "rollup_fleet_hour", "rollup_names", "rollup_series"),
         "snapshots, servers": ("snapshots", "servers"),
     },
 }
@@ -85,12 +90,15 @@ BATCH_REPORTS = 8
 
 
 async def relation_bytes(conn: asyncpg.Connection, table: str) -> int:
-    """Heap + indexes + TOAST of ``table`` and of every partition under it (0 if absent)."""
+    """Heap + indexes + TOAST of ``table`` and of every partition under it (0 if absent).
+    pg_partition_tree lists nothing for a plain table (process_identities, servers, …):
+    the table itself is added."""
     if await conn.fetchval("SELECT to_regclass($1)", table) is None:
         return 0
     return await conn.fetchval(
-        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) "
-        "FROM pg_partition_tree($1::regclass)", table)
+        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM "
+        "(SELECT relid FROM pg_partition_tree($1::regclass) UNION SELECT $1::regclass) t",
+        table)
 
 
 async def write_before(conn: asyncpg.Connection, reports: list[list[tuple]]) -> None:
@@ -109,6 +117,41 @@ async def write_before(conn: asyncpg.Connection, reports: list[list[tuple]]) -> 
             "INSERT INTO servers (server_id, first_seen_at, last_seen_at) VALUES ($1, $2, $2) "
             "ON CONFLICT (server_id) DO UPDATE SET last_seen_at = EXCLUDED.last_seen_at",
             list(servers.items()))
+
+
+async def rollup_before(conn: asyncpg.Connection, start: datetime, end: datetime,
+                        retention_days: int) -> None:
+    """The rollups of the 0002 schema (text keys in every cell) as its job wrote them: day
+    partitions, then hour by hour the minute cells, their hour cells and the fleet sums. The
+    current job writes the dictionary keys of migrations/0006, which that schema lacks."""
+    await partitions.run_upkeep(conn, end.date(), retention_days, 1, tables=ROLLUP_TABLES)
+    columns = ", ".join(CELL_COLUMNS)
+    hourly = ", ".join(f"max({c})" if c == "memory_peak_bytes" else f"sum({c})"
+                       for c in CELL_COLUMNS)
+    summed = ", ".join(f"sum({c})" for c in CELL_COLUMNS)
+    hour = start
+    while hour < end:
+        upto = hour + timedelta(hours=1)
+        for source, function in MINUTE_FUNCTIONS.items():
+            async with conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO rollup_minute (source, server_id, name, ts, {columns}) "
+                    f"SELECT $1, server_id, name, ts, {columns} FROM {function}($2, $3, NULL)",
+                    source, hour, upto)
+                await conn.execute(
+                    f"INSERT INTO rollup_hour (source, server_id, name, ts, {columns}) "
+                    f"SELECT source, server_id, name, date_trunc('hour', ts), {hourly} "
+                    f"FROM rollup_minute WHERE source = $1 AND ts >= $2 AND ts < $3 "
+                    f"GROUP BY source, server_id, name, date_trunc('hour', ts)",
+                    source, hour, upto)
+                for fleet, table in (("rollup_fleet_minute", "rollup_minute"),
+                                     ("rollup_fleet_hour", "rollup_hour")):
+                    await conn.execute(
+                        f"INSERT INTO {fleet} (source, name, ts, servers, {columns}) "
+                        f"SELECT source, name, ts, count(*), {summed} FROM {table} "
+                        f"WHERE source = $1 AND ts >= $2 AND ts < $3 GROUP BY source, name, ts",
+                        source, hour, upto)
+        hour = upto
 
 
 async def upkeep_after(conn: asyncpg.Connection, now: datetime, hot_h: float) -> str:
@@ -169,9 +212,14 @@ async def run(urls: dict[str, str], args: argparse.Namespace) -> None:
               f"{seconds['before']:.1f}, after {seconds['after']:.1f}")
         for name, conn in conns.items():
             started = time.perf_counter()
-            job = RollupJob(conn, retention_days=args.hours // 24 + 3, max_chunks=10**6)
-            await job.refresh_rollups(now)
-            note = "" if name == "before" else await upkeep_after(conn, now, args.hot_h)
+            retention_days = args.hours // 24 + 3
+            if name == "before":
+                await rollup_before(conn, start, end, retention_days)
+                note = ""
+            else:
+                job = RollupJob(conn, retention_days=retention_days, max_chunks=10**6)
+                await job.refresh_rollups(now)
+                note = await upkeep_after(conn, now, args.hot_h)
             await conn.execute("VACUUM ANALYZE")
             print(f"{name}: upkeep {time.perf_counter() - started:.1f} s {note}")
         await report_sizes(conns, counts)

@@ -15,6 +15,10 @@ path, so the two paths agree by construction. This job only moves data:
   replays, a worker catching up). Each run first recomputes those minutes of those servers
   that are below the watermark, with the next minutes whose first delta may change
   (``LATE_REACH``); minutes above it are simply left to the advance.
+- **Keys.** Cells are keyed by small integers (migrations/0006): ``rollup_names`` gives a
+  (source, name) its ``name_id`` (the fleet tables' key), ``rollup_series`` a (name, server)
+  its ``series_id`` (the per-server tables' key). The job adds the entries it lacks as it
+  writes the cells; readers join ``rollup_series_names``.
 - **Partitions.** The rollup tables are partitioned by day like the samples; the job runs
   the partition upkeep of their tiers hourly (create ahead, drop minute cells past
   ``PROCFLEET_ROLLUP_MINUTE_RETENTION_DAYS``, hour cells past
@@ -197,6 +201,41 @@ class RollupJob:
             return minutes
 
 
+# The cells of a minute function with their dictionary keys (migrations/0006): names and
+# series the dictionaries lack are added first (only those, so identity values are not spent
+# on conflicts; the job's lock makes it the only writer), then the cells refer to them, in
+# key order: a series' cells of a chunk land side by side and their index pages stay full
+# (docs/BENCHMARKS.md "Storage").
+_INSERT_MINUTES = f"""
+WITH c AS MATERIALIZED (SELECT * FROM {{function}}($2, $3, {{servers}})),
+added_names AS (
+    INSERT INTO rollup_names (source, name)
+    SELECT DISTINCT $1, c.name FROM c
+    WHERE NOT EXISTS (SELECT 1 FROM rollup_names n WHERE n.source = $1 AND n.name = c.name)
+    ON CONFLICT DO NOTHING RETURNING name_id, name
+), names AS (
+    SELECT name_id, name FROM added_names
+    UNION ALL SELECT name_id, name FROM rollup_names WHERE source = $1
+), added_series AS (
+    INSERT INTO rollup_series (name_id, server_id)
+    SELECT DISTINCT n.name_id, c.server_id FROM c JOIN names n USING (name)
+    WHERE NOT EXISTS (SELECT 1 FROM rollup_series s
+                      WHERE s.name_id = n.name_id AND s.server_id = c.server_id)
+    ON CONFLICT DO NOTHING RETURNING series_id, name_id, server_id
+), series AS (
+    SELECT series_id, name_id, server_id FROM added_series
+    UNION ALL SELECT series_id, name_id, server_id FROM rollup_series
+)
+INSERT INTO rollup_minute (series_id, ts, {_COLUMNS})
+SELECT s.series_id, c.ts, {", ".join(f"c.{col}" for col in CELL_COLUMNS)}
+FROM c JOIN names n USING (name) JOIN series s ON s.name_id = n.name_id
+                                              AND s.server_id = c.server_id
+ORDER BY s.series_id, c.ts"""
+# The cells of one source (and, with $4, of some servers) in [$2, $3).
+_SERIES = ("series_id IN (SELECT k.series_id FROM rollup_series_names k "
+           "WHERE k.source = $1{servers})")
+
+
 async def roll_minutes(conn: asyncpg.Connection, source: str, start: datetime, end: datetime,
                        server_ids: list[str] | None, *, merge_hours: bool = True) -> None:
     """(Re)compute the rollup of ``[start, end)`` (whole minutes) for ``server_ids`` (None:
@@ -204,25 +243,25 @@ async def roll_minutes(conn: asyncpg.Connection, source: str, start: datetime, e
     were never counted; when minute cells were already there (or for late samples) the
     touched hours are recomputed from the minute cells instead."""
     function = MINUTE_FUNCTIONS[source]
-    servers = "" if server_ids is None else " AND server_id = ANY($4::text[])"
+    series = _SERIES.format(
+        servers="" if server_ids is None else " AND k.server_id = ANY($4::text[])")
     args: list[Any] = [source, start, end] + ([] if server_ids is None else [server_ids])
     status = await conn.execute(
-        f"DELETE FROM rollup_minute WHERE source = $1 AND ts >= $2 AND ts < $3{servers}", *args)
+        f"DELETE FROM rollup_minute WHERE {series} AND ts >= $2 AND ts < $3", *args)
     replaced = int(status.rsplit(" ", 1)[1])
-    await conn.execute(
-        f"INSERT INTO rollup_minute (source, server_id, name, ts, {_COLUMNS}) "
-        f"SELECT $1, server_id, name, ts, {_COLUMNS} FROM {function}($2, $3, "
-        f"{'NULL' if server_ids is None else '$4::text[]'})", *args)
+    await conn.execute(_INSERT_MINUTES.format(
+        function=function, servers="NULL" if server_ids is None else "$4::text[]"), *args)
     await rebuild_fleet(conn, "rollup_fleet_minute", "rollup_minute", source, start, end)
     hour_start = floor_to(start, CHUNK)
     hour_end = floor_to(end - timedelta(seconds=1), CHUNK) + CHUNK
+    hours_of_minutes = (
+        f"INSERT INTO rollup_hour (series_id, ts, {_COLUMNS}) "
+        f"SELECT series_id, date_trunc('hour', ts), {_AGGREGATES} "
+        f"FROM rollup_minute WHERE {series} AND ts >= $2 AND ts < $3 "
+        f"GROUP BY series_id, date_trunc('hour', ts)")
     if merge_hours and not replaced:
         await conn.execute(
-            f"INSERT INTO rollup_hour (source, server_id, name, ts, {_COLUMNS}) "
-            f"SELECT source, server_id, name, date_trunc('hour', ts), {_AGGREGATES} "
-            f"FROM rollup_minute WHERE source = $1 AND ts >= $2 AND ts < $3{servers} "
-            f"GROUP BY source, server_id, name, date_trunc('hour', ts) "
-            f"ON CONFLICT (source, server_id, ts, name) DO UPDATE SET "
+            f"{hours_of_minutes} ON CONFLICT (series_id, ts) DO UPDATE SET "
             + ", ".join(
                 f"{c} = greatest(rollup_hour.{c}, EXCLUDED.{c})" if c == "memory_peak_bytes"
                 else f"{c} = rollup_hour.{c} + EXCLUDED.{c}" for c in CELL_COLUMNS),
@@ -230,25 +269,24 @@ async def roll_minutes(conn: asyncpg.Connection, source: str, start: datetime, e
     else:
         hour_args = [source, hour_start, hour_end] + args[3:]
         await conn.execute(
-            f"DELETE FROM rollup_hour WHERE source = $1 AND ts >= $2 AND ts < $3{servers}",
-            *hour_args)
-        await conn.execute(
-            f"INSERT INTO rollup_hour (source, server_id, name, ts, {_COLUMNS}) "
-            f"SELECT source, server_id, name, date_trunc('hour', ts), {_AGGREGATES} "
-            f"FROM rollup_minute WHERE source = $1 AND ts >= $2 AND ts < $3{servers} "
-            f"GROUP BY source, server_id, name, date_trunc('hour', ts)", *hour_args)
+            f"DELETE FROM rollup_hour WHERE {series} AND ts >= $2 AND ts < $3", *hour_args)
+        await conn.execute(hours_of_minutes, *hour_args)
     await rebuild_fleet(conn, "rollup_fleet_hour", "rollup_hour", source, hour_start, hour_end)
 
 
 async def rebuild_fleet(conn: asyncpg.Connection, fleet_table: str, table: str, source: str,
                         start: datetime, end: datetime) -> None:
-    """Recompute the cross-server sums of ``[start, end)`` from the per-server table."""
-    await conn.execute(f"DELETE FROM {fleet_table} WHERE source = $1 AND ts >= $2 AND ts < $3",
-                       source, start, end)
+    """Recompute the cross-server sums of ``[start, end)`` from the per-server table (in
+    key order: the right end of the source's range of the index, whose pages stay full)."""
     await conn.execute(
-        f"INSERT INTO {fleet_table} (source, name, ts, servers, {_COLUMNS}) "
-        f"SELECT source, name, ts, count(*), {_FLEET_AGGREGATES} FROM {table} "
-        f"WHERE source = $1 AND ts >= $2 AND ts < $3 GROUP BY source, name, ts",
+        f"DELETE FROM {fleet_table} WHERE source_code = rollup_source_code($1) "
+        f"AND ts >= $2 AND ts < $3", source, start, end)
+    await conn.execute(
+        f"INSERT INTO {fleet_table} (source_code, name_id, ts, servers, {_COLUMNS}) "
+        f"SELECT rollup_source_code($1), k.name_id, c.ts, count(*), {_FLEET_AGGREGATES} "
+        f"FROM {table} c JOIN rollup_series_names k USING (series_id) "
+        f"WHERE k.source = $1 AND c.ts >= $2 AND c.ts < $3 GROUP BY k.name_id, c.ts "
+        f"ORDER BY c.ts, k.name_id",
         source, start, end)
 
 

@@ -57,15 +57,22 @@ def _raw_cells(plan: Plan, args: Args, name: str | None) -> str:
 
 
 def _rollup_cells(plan: Plan, args: Args, name: str | None) -> str:
+    # Cells are keyed by dictionary ids (migrations/0006): per server, the series of the
+    # source (and servers, and name) first, then their cells in the window; fleet-wide, the
+    # source's range of the window, labelled by the names dictionary.
     table = ROLLUP_TABLES[(plan.fleet, plan.step_s)]
-    keys = "c.name, c.ts" if plan.fleet else "c.server_id, c.name, c.ts"
-    where = [f"c.source = {args.add(plan.source)}",
-             f"c.ts >= {args.add(plan.grid_start)}", f"c.ts < {args.add(plan.end)}"]
+    source = (f"c.source_code = rollup_source_code({args.add(plan.source)})" if plan.fleet
+              else f"k.source = {args.add(plan.source)}")
+    where = [source, f"c.ts >= {args.add(plan.grid_start)}", f"c.ts < {args.add(plan.end)}"]
     if not plan.fleet and plan.server_ids is not None:
-        where.append(f"c.server_id = ANY({args.add(list(plan.server_ids))}::text[])")
+        where.append(f"k.server_id = ANY({args.add(list(plan.server_ids))}::text[])")
     if name is not None:
-        where.append(f"c.name = {args.add(name)}")
-    return f"SELECT {keys}, {_PLAIN} FROM {table} c WHERE {' AND '.join(where)}"
+        where.append(f"k.name = {args.add(name)}")
+    if plan.fleet:
+        return (f"SELECT k.name, c.ts, {_PLAIN} FROM {table} c "
+                f"JOIN rollup_names k USING (name_id) WHERE {' AND '.join(where)}")
+    return (f"SELECT k.server_id, k.name, c.ts, {_PLAIN} FROM {table} c "
+            f"JOIN rollup_series_names k USING (series_id) WHERE {' AND '.join(where)}")
 
 
 def step_slots_sql(plan: Plan, args: Args, ts: str) -> str:

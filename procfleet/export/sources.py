@@ -173,11 +173,13 @@ ROLLUP_COLUMNS = (
 
 
 def _rollup_sql(table: str) -> str:
+    # Cells are keyed by series_id; the dictionary view gives it back its source, server and
+    # name (migrations/0006).
     return f"""
-SELECT s.source, s.server_id, s.name, s.ts, s.samples, s.cpu_seconds, s.cpu_core_minutes,
-       s.memory_byte_minutes, round(s.memory_peak_bytes)::bigint, s.num_procs_minutes
-FROM {table} s
-WHERE s.ts >= $1::timestamptz AND s.ts < $2::timestamptz AND {_SERVERS}"""
+SELECT s.source, s.server_id, s.name, c.ts, c.samples, c.cpu_seconds, c.cpu_core_minutes,
+       c.memory_byte_minutes, round(c.memory_peak_bytes)::bigint, c.num_procs_minutes
+FROM {table} c JOIN rollup_series_names s USING (series_id)
+WHERE c.ts >= $1::timestamptz AND c.ts < $2::timestamptz AND {_SERVERS}"""
 
 
 def rollup_minute_sql() -> str:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from digest_worker.compaction import run_storage_upkeep
+from digest_worker.rollup import roll_minutes
 from procfleet.cli import build_parser
 from procfleet.commands.export import main
 from procfleet.export.files import arrow_schema
@@ -224,8 +225,7 @@ async def test_per_day_files_equal_one_file_across_midnight(db, database_url, tm
 
 async def test_rollup_minute_exports_the_stored_cells(seeded, db, database_url, tmp_path):
     start, end = seeded + timedelta(minutes=5), seeded + timedelta(minutes=35)
-    await db.execute("INSERT INTO rollup_minute SELECT 'groups', * FROM "
-                     "rollup_group_minutes($1, $2, NULL)", start, end)
+    await roll_minutes(db, "groups", start, end, None)
     out = tmp_path / "r.parquet"
     code, _, err = await run_export(database_url, "--from", iso(start), "--to", iso(end),
                                     "--source", "rollup-minute", "--out", str(out))

@@ -22,14 +22,26 @@ from tests.query.query_seed import (
 pytestmark = pytest.mark.integration
 
 TABLES = (*ROLLUP_TABLES, "rollup_watermarks")
+# Cells with their keys spelled out (the tables hold dictionary ids, migrations/0006).
+NAMED = {
+    "rollup_minute": "k.source, k.server_id, k.name, c.* FROM rollup_minute c "
+                     "JOIN rollup_series_names k USING (series_id)",
+    "rollup_hour": "k.source, k.server_id, k.name, c.* FROM rollup_hour c "
+                   "JOIN rollup_series_names k USING (series_id)",
+    "rollup_fleet_minute": "k.source, k.name, c.* FROM rollup_fleet_minute c "
+                           "JOIN rollup_names k USING (name_id)",
+    "rollup_fleet_hour": "k.source, k.name, c.* FROM rollup_fleet_hour c "
+                         "JOIN rollup_names k USING (name_id)",
+}
 
 
 async def table_contents(db) -> dict[str, list[tuple]]:
     contents = {}
     for table in TABLES:
-        rows = await db.fetch(f"SELECT * FROM {table}")
+        rows = await db.fetch(f"SELECT {NAMED.get(table, f'* FROM {table}')}")
         contents[table] = sorted(
-            tuple(v for k, v in r.items() if k != "updated_at") for r in rows)
+            tuple(v for k, v in r.items() if k not in ("updated_at", "series_id", "name_id"))
+            for r in rows)
     return contents
 
 
@@ -72,6 +84,28 @@ async def test_incremental_runs_equal_one_full_run(db):
         await db.execute(f"DELETE FROM {table}")
     await job.refresh_rollups(now - timedelta(minutes=7))
     assert rounded(await table_contents(db)) == incremental
+
+
+async def test_dictionary_ids_are_not_spent_on_entries_that_exist(db):
+    base = base_time()
+    await insert_groups(db, steady_group("web-01", "nginx", base, 60)
+                        + steady_group("web-02", "nginx", base, 60)
+                        + steady_group("web-03", "nginx", base + timedelta(minutes=30), 30)
+                        + steady_group("web-01", "redis", base + timedelta(minutes=40), 20))
+    await insert_processes(db, steady_process("web-01", "nginx", 80, base, 60))
+    job = RollupJob(db, retention_days=2, max_chunks=100)
+    now = base + timedelta(minutes=5)
+    while now <= base + timedelta(minutes=70):  # one minute per run, as a running worker
+        await job.refresh_rollups(now)
+        now += timedelta(minutes=1)
+    names = await db.fetch("SELECT name_id, source, name FROM rollup_names ORDER BY name_id")
+    series = await db.fetch("SELECT series_id, server_id FROM rollup_series_names "
+                            "ORDER BY series_id")
+    # Entries that appear later get the next ids: every run that met an existing entry left
+    # the identity sequence alone (an int4 would otherwise run out in months).
+    assert [tuple(r) for r in names] == [(1, "groups", "nginx"), (2, "processes", "nginx"),
+                                         (3, "groups", "redis")]
+    assert [tuple(r) for r in series][3:] == [(4, "web-03"), (5, "web-01")]
 
 
 async def test_watermark_stays_behind_the_settle_delay(db):
