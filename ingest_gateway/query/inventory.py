@@ -92,16 +92,29 @@ def like_literal(text: str) -> str:
     return f"%{escaped}%"
 
 
+# The identities of the window, newest first: last_seen_hour (migrations/0007: last_seen
+# rounded down to the hour, indexed; last_seen is not, so that its refreshes stay HOT) bounds
+# the index range and leads the order, which is the same as last_seen's. The planner picks,
+# with the pattern's actual value (the query pool plans every statement for its values):
+# the trigram GIN indexes for a rare text, or a walk down process_identities_hour /
+# process_identities_server that stops at the limit for a common one or one too short for
+# a trigram.
 _SEARCH_SQL = r"""
 SELECT i.server_id, s.hostname, i.pid, i.start_time, i.name, i.command, i.username,
        i.first_seen, i.last_seen
 FROM process_identities i LEFT JOIN servers s ON s.server_id = i.server_id
 WHERE (i.name ILIKE $1 ESCAPE '\' OR i.command ILIKE $1 ESCAPE '\')
   AND i.first_seen <= $3 AND i.last_seen >= $2
+  AND i.last_seen_hour >= date_bin('1 hour', $2, TIMESTAMPTZ '2000-01-01 00:00:00+00')
   AND ($4::text[] IS NULL OR i.server_id = ANY ($4::text[]))
-ORDER BY i.last_seen DESC, i.server_id, i.pid
+ORDER BY i.last_seen_hour DESC, i.last_seen DESC, i.server_id, i.pid
 LIMIT $5
 """
+
+
+def search_sql(q: str) -> str:
+    """The SQL of a search for ``q`` (bench/bench_inventory.py explains it)."""
+    return _SEARCH_SQL
 
 
 async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> dict[str, Any]:
@@ -109,7 +122,7 @@ async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> di
     window = params.time_range
     server_ids = list(params.server_ids) if params.server_ids is not None else None
     # One row more than asked says whether the answer was cut.
-    rows = await conn.fetch(_SEARCH_SQL, like_literal(params.q), window.start, window.end,
+    rows = await conn.fetch(search_sql(params.q), like_literal(params.q), window.start, window.end,
                             server_ids, params.limit + 1)
     return {
         "q": params.q, "from": iso(window.start), "to": iso(window.end),
@@ -124,25 +137,16 @@ async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> di
     }
 
 
-# Per (server, name) first seen in (since, until] and never seen there at or before since;
-# then per name: how many servers, the earliest first_seen and that identity's command.
+# process_names (migrations/0007) holds per (server, name) the earliest first_seen of its
+# identities in the retained history and that identity's command: a name is new on a server
+# when that first_seen is in (since, until]. Then per name: how many servers, the earliest
+# first_seen and its command.
 _NEW_SQL = """
-WITH fresh AS (
-    SELECT i.server_id, i.name, min(i.first_seen) AS first_seen,
-           (array_agg(i.command ORDER BY i.first_seen, i.pid))[1] AS command
-    FROM process_identities i
-    WHERE i.first_seen > $1 AND i.first_seen <= $2
-      AND ($3::text[] IS NULL OR i.server_id = ANY ($3::text[]))
-    GROUP BY i.server_id, i.name
-), new AS (
-    SELECT f.* FROM fresh f
-    WHERE NOT EXISTS (SELECT 1 FROM process_identities o
-                      WHERE o.server_id = f.server_id AND o.name = f.name
-                        AND o.first_seen <= $1)
-)
 SELECT n.name, count(*) AS servers, min(n.first_seen) AS first_seen,
        (array_agg(n.command ORDER BY n.first_seen, n.server_id))[1] AS example_command
-FROM new n
+FROM process_names n
+WHERE n.first_seen > $1 AND n.first_seen <= $2
+  AND ($3::text[] IS NULL OR n.server_id = ANY ($3::text[]))
 GROUP BY n.name
 ORDER BY servers DESC, first_seen, n.name
 LIMIT $4
