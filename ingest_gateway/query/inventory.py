@@ -92,29 +92,38 @@ def like_literal(text: str) -> str:
     return f"%{escaped}%"
 
 
-# The identities of the window, newest first: last_seen_hour (migrations/0007: last_seen
-# rounded down to the hour, indexed; last_seen is not, so that its refreshes stay HOT) bounds
-# the index range and leads the order, which is the same as last_seen's. The planner picks,
-# with the pattern's actual value (the query pool plans every statement for its values):
-# the trigram GIN indexes for a rare text, or a walk down process_identities_hour /
-# process_identities_server that stops at the limit for a common one or one too short for
-# a trigram.
+# The matches live in the window, newest first. No index holds last_seen (migrations/0007:
+# its refreshes stay HOT); last_seen_hour (last_seen rounded down to the hour) is indexed, on
+# its own and after server_id. The inner query takes limit + 1 matches newest hour first, and
+# the planner picks, for the pattern's actual value (the query pool plans every statement
+# for its values): the trigram GIN indexes for a rare text, or a walk down one of those
+# indexes that stops at the limit for a common text or one too short for a trigram (1–2
+# characters: a rare one reads the whole window). Ordering the inner query by the exact
+# last_seen would make the walk read every live process first: they all share the newest
+# hour. So when the answer is cut, the cut falls inside the oldest hour shown, chosen in index
+# order there; the rows returned are sorted by last_seen.
 _SEARCH_SQL = r"""
 SELECT i.server_id, s.hostname, i.pid, i.start_time, i.name, i.command, i.username,
        i.first_seen, i.last_seen
-FROM process_identities i LEFT JOIN servers s ON s.server_id = i.server_id
-WHERE (i.name ILIKE $1 ESCAPE '\' OR i.command ILIKE $1 ESCAPE '\')
-  AND i.first_seen <= $3 AND i.last_seen >= $2
-  AND i.last_seen_hour >= date_bin('1 hour', $2, TIMESTAMPTZ '2000-01-01 00:00:00+00')
-  AND ($4::text[] IS NULL OR i.server_id = ANY ($4::text[]))
-ORDER BY i.last_seen_hour DESC, i.last_seen DESC, i.server_id, i.pid
-LIMIT $5
+FROM (SELECT i.* FROM process_identities i
+      WHERE (i.name ILIKE $1 ESCAPE '\' OR i.command ILIKE $1 ESCAPE '\')
+        AND i.first_seen <= $3 AND i.last_seen >= $2
+        AND i.last_seen_hour >= date_bin('1 hour', $2, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+        AND {servers}
+      ORDER BY i.last_seen_hour DESC
+      LIMIT $5) i
+LEFT JOIN servers s ON s.server_id = i.server_id
+ORDER BY i.last_seen DESC, i.server_id, i.pid
 """
+# One server: an equality, so that the walk down (server_id, last_seen_hour) is in order.
+_ONE_SERVER = "i.server_id = ($4::text[])[1]"
+_SERVERS = "($4::text[] IS NULL OR i.server_id = ANY ($4::text[]))"
 
 
-def search_sql(q: str) -> str:
-    """The SQL of a search for ``q`` (bench/bench_inventory.py explains it)."""
-    return _SEARCH_SQL
+def search_sql(server_ids: tuple[str, ...] | None) -> str:
+    """The SQL of a search of ``server_ids`` (bench/bench_inventory.py explains it)."""
+    one = server_ids is not None and len(server_ids) == 1
+    return _SEARCH_SQL.format(servers=_ONE_SERVER if one else _SERVERS)
 
 
 async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> dict[str, Any]:
@@ -122,8 +131,8 @@ async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> di
     window = params.time_range
     server_ids = list(params.server_ids) if params.server_ids is not None else None
     # One row more than asked says whether the answer was cut.
-    rows = await conn.fetch(search_sql(params.q), like_literal(params.q), window.start, window.end,
-                            server_ids, params.limit + 1)
+    rows = await conn.fetch(search_sql(params.server_ids), like_literal(params.q),
+                            window.start, window.end, server_ids, params.limit + 1)
     return {
         "q": params.q, "from": iso(window.start), "to": iso(window.end),
         "truncated": len(rows) > params.limit,
