@@ -284,3 +284,21 @@ async def test_short_and_long_texts_find_the_same_processes_with_or_without_trig
     assert [p["pid"] for p in await search(query_gateway, "ON")] == [11, 12, 13]
     assert [p["pid"] for p in await search(query_gateway, "nginx: master")] == [10]
     assert [p["pid"] for p in await search(query_gateway, "-g daemon")] == [11]
+
+
+@pytest.mark.parametrize("walk_rows", [1, 2, 10_000])
+async def test_the_walk_and_the_index_path_give_the_same_answers(query_gateway, fleet,
+                                                                  monkeypatch, walk_rows):
+    # walk_rows 1 and 2: the walk finds too few matches without covering the window, so
+    # the second path (trigram indexes, or the window for 1–2 characters) answers
+    from ingest_gateway.query import inventory
+    monkeypatch.setattr(inventory, "WALK_ROWS", walk_rows)
+    assert [p["pid"] for p in await search(query_gateway, "nginx")] == [10, 11]
+    assert [p["pid"] for p in await search(query_gateway, "ON")] == [11, 12, 13]
+    assert [p["pid"] for p in await search(query_gateway, "50%_x")] == [12]
+    assert [p["pid"] for p in await search(query_gateway, "python3",
+                                           [*window(0, 300).items(),
+                                            ("server_ids[]", "web-01")])] == [12, 13]
+    body = await query_gateway.get_json("/api/processes/search",
+                                        {"q": "python3", "limit": "1", **window(0, 300)})
+    assert len(body["processes"]) == 1 and body["truncated"] is True
