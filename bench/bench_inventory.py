@@ -310,6 +310,19 @@ async def run(url: str, args: argparse.Namespace) -> None:
                 print(f"  !! the answers differ: before {b[2][:3]}…, after {after[2][:3]}…")
             if args.explain:
                 await explain(pool, kind, case, now)
+        # retention as the upkeep would run it: identities last seen more than 7 days ago go,
+        # then process_names_forget re-derives the names that lost identities
+        async with pool.acquire() as conn:
+            cutoff = now - timedelta(days=7)
+            started = time.perf_counter()
+            deleted = await conn.execute("DELETE FROM process_identities WHERE last_seen < $1",
+                                         cutoff)
+            deleting = time.perf_counter() - started
+            started = time.perf_counter()
+            changed = await conn.fetchval("SELECT process_names_forget($1)", cutoff)
+            print(f"\nretention at 7 d: {deleted.split()[-1]} identities deleted in "
+                  f"{deleting:.1f} s; process_names_forget: {changed:,} names changed or "
+                  f"deleted in {time.perf_counter() - started:.2f} s")
     finally:
         await pool.close()
 

@@ -43,8 +43,6 @@ CREATE INDEX process_identities_hour ON process_identities (last_seen_hour);
 CREATE INDEX process_identities_name_trgm ON process_identities USING gin (name gin_trgm_ops);
 CREATE INDEX process_identities_command_trgm ON process_identities
     USING gin (command gin_trgm_ops);
--- process_names_forget: a (server, name)'s earliest identity
-CREATE INDEX process_identities_server_name ON process_identities (server_id, name, first_seen);
 
 CREATE TABLE process_names (
     server_id  text        NOT NULL,
@@ -103,30 +101,31 @@ CREATE TRIGGER process_names_updated AFTER UPDATE ON process_identities
 -- earliest identity is gone gets the earliest one left (its first_seen and command), a row
 -- with none left is deleted, so a name that comes back after its whole history expired is
 -- new again ("not seen on that server in the retained history"). Only rows first seen before
--- p_before can have lost an identity. Returns the rows changed + deleted.
+-- p_before can have lost an identity. One pass over the identities (hash joins): an index on
+-- (server_id, name) would make it cheaper but costs every new identity ~5 µs of the
+-- writer's time and ~70 B (docs/BENCHMARKS.md). Returns the rows changed + deleted.
 CREATE FUNCTION process_names_forget(p_before timestamptz)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    moved bigint;
-    gone bigint;
-BEGIN
-    UPDATE process_names n SET first_seen = e.first_seen, command = e.command
-    FROM (SELECT o.server_id, o.name, x.first_seen, x.command
-          FROM process_names o
-          CROSS JOIN LATERAL (SELECT i.first_seen, i.command FROM process_identities i
-                              WHERE i.server_id = o.server_id AND i.name = o.name
-                              ORDER BY i.first_seen, i.pid LIMIT 1) x
-          WHERE o.first_seen < p_before) e
-    WHERE n.server_id = e.server_id AND n.name = e.name AND n.first_seen < e.first_seen;
-    GET DIAGNOSTICS moved = ROW_COUNT;
-    DELETE FROM process_names n
-    WHERE n.first_seen < p_before
-      AND NOT EXISTS (SELECT 1 FROM process_identities i
-                      WHERE i.server_id = n.server_id AND i.name = n.name);
-    GET DIAGNOSTICS gone = ROW_COUNT;
-    RETURN moved + gone;
-END
+LANGUAGE sql AS $$
+    WITH earliest AS (
+        SELECT DISTINCT ON (i.server_id, i.name) i.server_id, i.name, i.first_seen, i.command
+        FROM process_identities i
+        JOIN process_names o ON o.server_id = i.server_id AND o.name = i.name
+        WHERE o.first_seen < p_before
+        ORDER BY i.server_id, i.name, i.first_seen, i.pid
+    ), moved AS (
+        UPDATE process_names n SET first_seen = e.first_seen, command = e.command
+        FROM earliest e
+        WHERE n.server_id = e.server_id AND n.name = e.name AND n.first_seen < e.first_seen
+        RETURNING 1
+    ), gone AS (
+        DELETE FROM process_names n
+        WHERE n.first_seen < p_before
+          AND NOT EXISTS (SELECT 1 FROM earliest e
+                          WHERE e.server_id = n.server_id AND e.name = n.name)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM gone)
 $$;
 
 -- 0004's / 0005's functions with the server filter on the index range (last_seen_hour) as
