@@ -134,11 +134,13 @@ def fleet(args: argparse.Namespace, now: datetime):
                 name = rng.choice(NAMES)
                 command = rng.choice(COMMANDS).format(name=name, n=n)
             at = -rng.uniform(0, 30 * 86400) if rng.random() < 0.7 else 0.0
-            while at < span:
-                life = rng.uniform(0.5, 20) * 86400
-                end = min(at + life, span - rng.uniform(0, 60))
+            while True:
+                end = at + rng.uniform(0.5, 20) * 86400
+                if end >= span - 60:  # alive now: seen within the last minute
+                    yield row(name, command, max(at, 0.0), span - rng.uniform(0, 60))
+                    break
                 yield row(name, command, max(at, 0.0), end)
-                at = end + rng.uniform(1, 30)
+                at = end + rng.uniform(1, 30)  # restarted
         # short-lived: spread over the period, 15 s to 10 min
         for _ in range(args.short * args.days):
             at = rng.uniform(0, span - 60)
