@@ -92,16 +92,67 @@ def like_literal(text: str) -> str:
     return f"%{escaped}%"
 
 
+# The matches live in the window, newest first. No index holds last_seen (migrations/0007:
+# its refreshes stay HOT); last_seen_hour (last_seen rounded down to the hour) is indexed, on
+# its own and after server_id. Two ways to find limit + 1 matches, newest hour first:
+#
+# - walk: the newest WALK_ROWS identities (of the servers) in index order, tested one by one,
+#   lazily (MATERIALIZED CTEs are read as far as needed): a common text stops after a few
+#   hundred. No window condition on that index scan: with one the planner prefers a bitmap
+#   scan of the whole window and a sort (200 ms for 24 h of the benchmark fleet);
+# - only when the walk found fewer and did not cover the window: the planner's choice for
+#   the pattern's actual value (the query pool plans every statement for its values): the
+#   trigram GIN indexes for a rare text; a 1–2 character text has no trigram and reads the
+#   window. Left to itself the planner also takes the GIN indexes for a common text, whose
+#   posting lists it underrates (e.g. 640,000 identities for "rsync": 150 ms).
+#
+# Ordering by the exact last_seen before the limit would make the walk read every live
+# process first (they all share the newest hour), so when the answer is cut, the cut falls
+# inside the oldest hour shown, in index order there; the rows returned are sorted by
+# last_seen.
+WALK_ROWS = 4_000
 _SEARCH_SQL = r"""
+WITH recent AS MATERIALIZED (
+    SELECT i.* FROM process_identities i
+    WHERE {servers}
+    ORDER BY i.last_seen_hour DESC
+    LIMIT {walk}
+), walk AS MATERIALIZED (
+    SELECT r.* FROM recent r
+    WHERE (r.name ILIKE $1 ESCAPE '\' OR r.command ILIKE $1 ESCAPE '\')
+      AND r.first_seen <= $3 AND r.last_seen >= $2
+    LIMIT $5
+), walked AS (
+    SELECT (SELECT count(*) FROM walk) = $5
+           OR (SELECT count(*) FROM recent) < {walk}
+           OR (SELECT min(r.last_seen_hour) FROM recent r)
+              < date_bin('1 hour', $2, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS done
+), found AS (
+    SELECT w.* FROM walk w WHERE (SELECT done FROM walked)
+    UNION ALL
+    (SELECT i.* FROM process_identities i
+     WHERE NOT (SELECT done FROM walked)
+       AND (i.name ILIKE $1 ESCAPE '\' OR i.command ILIKE $1 ESCAPE '\')
+       AND i.first_seen <= $3 AND i.last_seen >= $2
+       AND i.last_seen_hour >= date_bin('1 hour', $2, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+       AND {servers}
+     ORDER BY i.last_seen_hour DESC
+     LIMIT $5)
+)
 SELECT i.server_id, s.hostname, i.pid, i.start_time, i.name, i.command, i.username,
        i.first_seen, i.last_seen
-FROM process_identities i LEFT JOIN servers s ON s.server_id = i.server_id
-WHERE (i.name ILIKE $1 ESCAPE '\' OR i.command ILIKE $1 ESCAPE '\')
-  AND i.first_seen <= $3 AND i.last_seen >= $2
-  AND ($4::text[] IS NULL OR i.server_id = ANY ($4::text[]))
+FROM found i LEFT JOIN servers s ON s.server_id = i.server_id
 ORDER BY i.last_seen DESC, i.server_id, i.pid
-LIMIT $5
 """
+# One server: an equality, so that the walk down (server_id, last_seen_hour) is in order.
+_ONE_SERVER = "i.server_id = ($4::text[])[1]"
+_SERVERS = "($4::text[] IS NULL OR i.server_id = ANY ($4::text[]))"
+
+
+def search_sql(server_ids: tuple[str, ...] | None) -> str:
+    """The SQL of a search of ``server_ids`` (bench/bench_inventory.py explains it)."""
+    one = server_ids is not None and len(server_ids) == 1
+    return _SEARCH_SQL.format(servers=_ONE_SERVER if one else _SERVERS, walk=WALK_ROWS)
 
 
 async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> dict[str, Any]:
@@ -109,8 +160,8 @@ async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> di
     window = params.time_range
     server_ids = list(params.server_ids) if params.server_ids is not None else None
     # One row more than asked says whether the answer was cut.
-    rows = await conn.fetch(_SEARCH_SQL, like_literal(params.q), window.start, window.end,
-                            server_ids, params.limit + 1)
+    rows = await conn.fetch(search_sql(params.server_ids), like_literal(params.q),
+                            window.start, window.end, server_ids, params.limit + 1)
     return {
         "q": params.q, "from": iso(window.start), "to": iso(window.end),
         "truncated": len(rows) > params.limit,
@@ -124,25 +175,16 @@ async def search_processes(conn: asyncpg.Connection, params: SearchParams) -> di
     }
 
 
-# Per (server, name) first seen in (since, until] and never seen there at or before since;
-# then per name: how many servers, the earliest first_seen and that identity's command.
+# process_names (migrations/0007) holds per (server, name) the earliest first_seen of its
+# identities in the retained history and that identity's command: a name is new on a server
+# when that first_seen is in (since, until]. Then per name: how many servers, the earliest
+# first_seen and its command.
 _NEW_SQL = """
-WITH fresh AS (
-    SELECT i.server_id, i.name, min(i.first_seen) AS first_seen,
-           (array_agg(i.command ORDER BY i.first_seen, i.pid))[1] AS command
-    FROM process_identities i
-    WHERE i.first_seen > $1 AND i.first_seen <= $2
-      AND ($3::text[] IS NULL OR i.server_id = ANY ($3::text[]))
-    GROUP BY i.server_id, i.name
-), new AS (
-    SELECT f.* FROM fresh f
-    WHERE NOT EXISTS (SELECT 1 FROM process_identities o
-                      WHERE o.server_id = f.server_id AND o.name = f.name
-                        AND o.first_seen <= $1)
-)
 SELECT n.name, count(*) AS servers, min(n.first_seen) AS first_seen,
        (array_agg(n.command ORDER BY n.first_seen, n.server_id))[1] AS example_command
-FROM new n
+FROM process_names n
+WHERE n.first_seen > $1 AND n.first_seen <= $2
+  AND ($3::text[] IS NULL OR n.server_id = ANY ($3::text[]))
 GROUP BY n.name
 ORDER BY servers DESC, first_seen, n.name
 LIMIT $4

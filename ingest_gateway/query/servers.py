@@ -66,10 +66,12 @@ async def list_servers(conn: asyncpg.Connection, now: datetime) -> dict[str, Any
 
 
 # The samples of one host around its last report: hot rows and compacted history alike
-# (migrations 0004/0005), found from the host's identities, read once per (key, ts).
+# (migrations 0004/0005), found from the host's identities, read once per (key, ts). The
+# index on the identities is (server_id, last_seen_hour) (migrations/0007).
 _POINTS_SQL = """
     SELECT p.* FROM {ids} i JOIN {hot} p ON p.key = i.key
     WHERE i.server_id = $1 AND i.last_seen >= $4 AND p.ts >= $4 AND p.ts <= $2
+      AND i.last_seen_hour >= date_bin('1 hour', $4, TIMESTAMPTZ '2000-01-01 00:00:00+00')
     UNION ALL
     SELECT h.* FROM {decode}($4, $2 + interval '1 microsecond', ARRAY[$1]) h
     WHERE h.ts >= $4 AND h.ts <= $2

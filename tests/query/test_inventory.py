@@ -210,3 +210,95 @@ async def test_openapi_documents_both_routes(query_gateway):
         "since", "until", "server_ids[]", "limit"}
     schema = new_doc["responses"]["200"]["content"]["application/json"]["schema"]
     assert "example_command" in schema["properties"]["names"]["items"]["properties"]
+
+
+async def new_names(gateway, since: float, until: float, *servers: str) -> list:
+    params = [("since", iso(at(since))), ("until", iso(at(until)))]
+    params += [("server_ids[]", s) for s in servers]
+    body = await gateway.get_json("/api/processes/new", params)
+    return [(n["name"], n["servers"], n["first_seen"], n["example_command"])
+            for n in body["names"]]
+
+
+async def test_a_late_identity_older_than_the_known_first_seen_makes_a_name_not_new(
+        query_gateway, db):
+    await add_servers(db, "web-01")
+    await add_process(db, "web-01", 1, "relay", "relay --v2", at(30), at(40))
+    assert await new_names(query_gateway, 0, 100) == [
+        ("relay", 1, iso(at(30)), "relay --v2")]
+    # a replayed spool brings an older process of that name (a new identity) ...
+    await add_process(db, "web-01", 2, "relay", "relay --v1", at(-30), at(-20))
+    assert await new_names(query_gateway, 0, 100) == []
+    assert await new_names(query_gateway, -60, 100) == [
+        ("relay", 1, iso(at(-30)), "relay --v1")]
+    # ... or an older sample of a known identity (the writer's upsert moves first_seen back)
+    await add_process(db, "web-01", 3, "probe", "probe --a", at(50), at(60))
+    await db.execute(
+        "INSERT INTO process_identities AS t (key, server_id, pid, start_time, first_seen, "
+        "last_seen, name, command) SELECT key, server_id, pid, start_time, $1, $1, name, "
+        "command FROM process_identities WHERE pid = 3 "
+        "ON CONFLICT (key) DO UPDATE SET first_seen = least(t.first_seen, EXCLUDED.first_seen)",
+        at(-5))
+    assert await new_names(query_gateway, 0, 100) == []
+    assert [n[0] for n in await new_names(query_gateway, -10, 100)] == ["probe"]
+
+
+async def test_old_style_inserts_into_the_samples_view_note_names(query_gateway, db):
+    await add_servers(db, "web-01", "web-02")
+    rows = [(server, at(minute), pid, at(minute) - timedelta(seconds=1), "tool",
+             f"/usr/bin/tool --{server}")
+            for server, pid, minute in (("web-01", 7, 20), ("web-01", 7, 21),
+                                        ("web-02", 9, 10), ("web-01", 8, -50))]
+    await db.executemany(
+        "INSERT INTO process_samples (server_id, ts, pid, start_time, name, command) "
+        "VALUES ($1, $2, $3, $4, $5, $6)", rows)
+    # web-01 ran tool at -50: new on web-02 only
+    assert await new_names(query_gateway, 0, 100) == [
+        ("tool", 1, iso(at(10)), "/usr/bin/tool --web-02")]
+
+
+async def test_forget_drops_names_whose_history_expired_and_they_are_new_again(
+        query_gateway, db):
+    await add_servers(db, "web-01")
+    await add_process(db, "web-01", 1, "cron", "cron -f --old", at(-600), at(-500))
+    await add_process(db, "web-01", 2, "cron", "cron -f", at(-400), at(-300))
+    await add_process(db, "web-01", 3, "gone", "gone", at(-700), at(-650))
+    await add_process(db, "web-01", 4, "cron", "cron -f", at(20), at(30))
+    assert await new_names(query_gateway, -450, 100) == []
+    # retention deletes what was last seen before -450 (cron's oldest, gone), then forgets
+    await db.execute("DELETE FROM process_identities WHERE last_seen < $1", at(-450))
+    assert await db.fetchval("SELECT process_names_forget($1)", at(-450)) == 2
+    rows = await db.fetch("SELECT name, first_seen, command FROM process_names")
+    assert [tuple(r) for r in rows] == [("cron", at(-400), "cron -f")]
+    assert await new_names(query_gateway, -450, 100) == [("cron", 1, iso(at(-400)), "cron -f")]
+    assert await db.fetchval("SELECT process_names_forget($1)", at(-450)) == 0
+    # a name whose whole history expired is new when it comes back
+    await add_process(db, "web-01", 5, "gone", "gone --again", at(50), at(60))
+    assert [n[0] for n in await new_names(query_gateway, 0, 100)] == ["gone"]
+
+
+async def test_short_and_long_texts_find_the_same_processes_with_or_without_trigrams(
+        query_gateway, fleet):
+    # 1–2 characters have no trigram: the search walks the window instead of the GIN index
+    assert [p["pid"] for p in await search(query_gateway, "gi")] == [10, 11]
+    assert [p["pid"] for p in await search(query_gateway, "ON")] == [11, 12, 13]
+    assert [p["pid"] for p in await search(query_gateway, "nginx: master")] == [10]
+    assert [p["pid"] for p in await search(query_gateway, "-g daemon")] == [11]
+
+
+@pytest.mark.parametrize("walk_rows", [1, 2, 10_000])
+async def test_the_walk_and_the_index_path_give_the_same_answers(query_gateway, fleet,
+                                                                  monkeypatch, walk_rows):
+    # walk_rows 1 and 2: the walk finds too few matches without covering the window, so
+    # the second path (trigram indexes, or the window for 1–2 characters) answers
+    from ingest_gateway.query import inventory
+    monkeypatch.setattr(inventory, "WALK_ROWS", walk_rows)
+    assert [p["pid"] for p in await search(query_gateway, "nginx")] == [10, 11]
+    assert [p["pid"] for p in await search(query_gateway, "ON")] == [11, 12, 13]
+    assert [p["pid"] for p in await search(query_gateway, "50%_x")] == [12]
+    assert [p["pid"] for p in await search(query_gateway, "python3",
+                                           [*window(0, 300).items(),
+                                            ("server_ids[]", "web-01")])] == [12, 13]
+    body = await query_gateway.get_json("/api/processes/search",
+                                        {"q": "python3", "limit": "1", **window(0, 300)})
+    assert len(body["processes"]) == 1 and body["truncated"] is True

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from digest_worker.writer import FALLBACK_BATCHES, BatchWriter, is_poison
+from tests.support.polling import wait_until
 from tests.support.worker import forge_keys, report_messages
 
 pytestmark = pytest.mark.integration
@@ -297,3 +298,34 @@ async def test_identity_upserts_in_one_transaction_each_write_only_their_own_row
         assert await conn.fetchval("SELECT count(*) FROM staging_process_identities") == 0
     assert writer.identities.written == 10
     assert sorted(await conn.fetchval("SELECT array_agg(key) FROM process_identities")) == keys
+
+
+async def test_names_are_noted_with_the_identities_and_refreshes_stay_hot(conn):
+    # migrations/0007: process_names follows the identity upsert in its statement; no index
+    # holds last_seen, so a refresh of last_seen is a HOT update.
+    writer = await prepared(conn, "copy")
+    await writer.commit(conn, steady_report(TS))
+    names = "SELECT name, first_seen, command FROM process_names ORDER BY name"
+    noted = [tuple(r) for r in await conn.fetch(names)]
+    assert noted == sorted((f"proc-{j}", datetime.fromtimestamp(TS, UTC),
+                            f"/usr/bin/proc-{j} --flag") for j in range(10))
+    updates = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1"
+    before = await conn.fetchrow(updates, "process_identities")
+
+    await writer.commit(conn, steady_report(TS + 60))  # a refresh: last_seen moves
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    after = await wait_until(
+        lambda: _updated(conn, updates, before["n_tup_upd"] + 10),
+        "the refresh's 10 updates in pg_stat_user_tables")
+    assert after["n_tup_hot_upd"] - before["n_tup_hot_upd"] == 10, (before, after)
+    assert [tuple(r) for r in await conn.fetch(names)] == noted
+
+    # a late sample moves an identity's first_seen back, and its name's with it
+    await writer.commit(conn, steady_report(TS - 15))
+    assert {r["first_seen"].timestamp() for r in await conn.fetch(names)} == {TS - 15}
+
+
+async def _updated(conn, sql: str, at_least: int):
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = await conn.fetchrow(sql, "process_identities")
+    return row if row["n_tup_upd"] >= at_least else None
