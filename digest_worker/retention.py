@@ -112,10 +112,12 @@ class RetentionReport:
     created: list[str] = field(default_factory=list)
     expired_identities: int = 0
     expired_groups: int = 0
+    forgotten_names: int = 0
 
     def as_kv(self) -> dict[str, Any]:
         return {"dropped_partitions": len(self.dropped), "expired_identities":
-                self.expired_identities, "expired_groups": self.expired_groups}
+                self.expired_identities, "expired_groups": self.expired_groups,
+                "forgotten_names": self.forgotten_names}
 
 
 async def partition_upkeep(conn: asyncpg.Connection, today: date, retention: Retention,
@@ -144,8 +146,10 @@ async def expire_identities(conn: asyncpg.Connection, cutoff: datetime,
     counts = []
     for identities, hot, history in IDENTITY_TABLES:
         # One scan for the candidates; each batch checks them again under its locks.
+        # last_seen_hour (migrations/0007) is indexed, last_seen is not (HOT refreshes).
         candidates = [r["key"] for r in await conn.fetch(
-            f"SELECT key FROM {identities} WHERE last_seen < $1 ORDER BY key", cutoff)]
+            f"SELECT key FROM {identities} WHERE last_seen_hour <= $1 AND last_seen < $1 "
+            f"ORDER BY key", cutoff)]
         deleted = 0
         for start in range(0, len(candidates), batch):
             async with conn.transaction():
@@ -173,8 +177,12 @@ async def apply_retention(conn: asyncpg.Connection, today: date, retention: Rete
     expire the identities left without history."""
     upkeep = await partition_upkeep(conn, today, retention, ahead_days)
     report = RetentionReport(ran=upkeep.ran, dropped=upkeep.dropped, created=upkeep.created)
-    report.expired_identities, report.expired_groups = await expire_identities(
-        conn, retention.history_cutoff(today))
+    cutoff = retention.history_cutoff(today)
+    report.expired_identities, report.expired_groups = await expire_identities(conn, cutoff)
+    if report.expired_identities:
+        # /api/processes/new's (server, name) first sightings follow their identities
+        # (migrations/0007): a name whose whole history expired is new again when it returns.
+        report.forgotten_names = await conn.fetchval("SELECT process_names_forget($1)", cutoff)
     if report.dropped or report.expired_identities or report.expired_groups:
         log.info("retention", extra={"kv": report.as_kv()})
     return report

@@ -114,12 +114,16 @@ async def test_identities_expire_with_their_history_and_live_ones_stay(conn):
     writer = await new_writer(conn)
     await seed(conn, writer)
     assert await names(conn) == ["edge", "live", "old"]
+    assert await names(conn, "process_names") == ["edge", "live", "old"]
 
     report = await run_storage_upkeep(conn, now=NOW, retention=TIERS, ahead_days=1)
 
     assert report.retention is not None
     assert (report.retention.expired_identities, report.retention.expired_groups) == (2, 1)
     assert await names(conn) == ["live"]
+    # /api/processes/new forgets a name whose whole history expired
+    assert report.retention.forgotten_names == 2
+    assert await names(conn, "process_names") == ["live"]
     assert await names(conn, "process_groups") == ["livegroup"]
     assert await conn.fetchval("SELECT count(*) FROM process_samples") == 40
     assert await conn.fetchval("SELECT count(*) FROM process_group_samples") == 40
