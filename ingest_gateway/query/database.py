@@ -112,7 +112,8 @@ SCHEMA_FUNCTIONS = frozenset({
     "process_history_points", "process_group_history_points", "process_samples_insert",
     "process_group_samples_insert", "rollup_group_minutes", "rollup_process_minutes",
     "rollup_late_after", "rollup_max_rate_gap", "rollup_mark_late_groups",
-    "rollup_mark_late_processes"})
+    "rollup_mark_late_processes", "rollup_source_code", "process_names_forget",
+    "process_names_note_inserted", "process_names_note_updated"})
 _MISSING_FUNCTION = re.compile(r"function (?:public\.)?(\w+)\(")
 
 
