@@ -287,11 +287,13 @@ async def run(url: str, args: argparse.Namespace) -> None:
         started = time.perf_counter()
         await migrate(url, MIGRATIONS_DIR)
         async with pool.acquire() as conn:
-            await conn.execute("ANALYZE process_identities; ANALYZE process_names")
+            await conn.execute("ANALYZE process_identities; ANALYZE process_names; "
+                               "ANALYZE process_texts")
             names = await conn.fetchval("SELECT count(*) FROM process_names")
             sizes = await conn.fetch(
                 "SELECT c.relname, pg_relation_size(c.oid) AS bytes FROM pg_class c "
                 "WHERE c.relname LIKE 'process_identities%' OR c.relname LIKE 'process_names%'"
+                " OR c.relname LIKE 'process_texts%'"
                 " ORDER BY 1")
         print(f"migration 0007 (indexes, process_names backfill: {names:,} rows) "
               f"{time.perf_counter() - started:.1f} s")

@@ -113,11 +113,13 @@ class RetentionReport:
     expired_identities: int = 0
     expired_groups: int = 0
     forgotten_names: int = 0
+    forgotten_texts: int = 0
 
     def as_kv(self) -> dict[str, Any]:
         return {"dropped_partitions": len(self.dropped), "expired_identities":
                 self.expired_identities, "expired_groups": self.expired_groups,
-                "forgotten_names": self.forgotten_names}
+                "forgotten_names": self.forgotten_names,
+                "forgotten_texts": self.forgotten_texts}
 
 
 async def partition_upkeep(conn: asyncpg.Connection, today: date, retention: Retention,
@@ -183,6 +185,10 @@ async def apply_retention(conn: asyncpg.Connection, today: date, retention: Rete
         # /api/processes/new's (server, name) first sightings follow their identities
         # (migrations/0007): a name whose whole history expired is new again when it returns.
         report.forgotten_names = await conn.fetchval("SELECT process_names_forget($1)", cutoff)
+        # and the search's dictionary of names and command lines (migrations/0007)
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            report.forgotten_texts = await conn.fetchval("SELECT process_texts_forget()")
     if report.dropped or report.expired_identities or report.expired_groups:
         log.info("retention", extra={"kv": report.as_kv()})
     return report

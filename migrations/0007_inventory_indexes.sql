@@ -11,9 +11,15 @@
 --    refreshes are HOT. (Not NOT NULL: the writer's staging tables are LIKE these tables and
 --    stage no value for it.) Readers that filter "the server's identities live since X" add
 --    "last_seen_hour >= date_bin('1 hour', X, …)" (the index range) to "last_seen >= X".
--- 2. Search: trigram GIN indexes on name and command (pg_trgm, a trusted extension) serve a
---    rare term; a common or 1–2 character term is answered by walking last_seen_hour
---    downwards (an index on it) until the limit is filled (ingest_gateway/query/inventory.py).
+-- 2. Search: a common term is answered by walking last_seen_hour downwards (an index on it)
+--    until the limit is filled (ingest_gateway/query/inventory.py). A rare one goes through
+--    process_texts, every distinct name and command line once (a fleet runs the same
+--    software on many hosts, again and again), with a trigram GIN index (pg_trgm, a trusted
+--    extension); its matches lead to the identities by hash (expression indexes on
+--    hashtextextended(name / command, 0)). A GIN index on the identities themselves cost
+--    every new process ~14 µs of the writer's time (~90 trigram entries of its command
+--    line); a btree entry of a hash costs ~2 µs, and the trigrams are paid once per text. A
+--    1–2 character term has no trigram: it scans process_texts, not the identities.
 -- 3. New: process_names, one row per (server_id, name) with the earliest first_seen of its
 --    identities and that identity's command. Triggers on process_identities keep it: after
 --    an INSERT statement (the writer's upsert, the views' insert trigger, tools) from its
@@ -40,9 +46,23 @@ CREATE INDEX process_identities_server ON process_identities (server_id, last_se
 CREATE INDEX process_groups_server ON process_groups (server_id, last_seen_hour);
 -- search, all servers, newest first
 CREATE INDEX process_identities_hour ON process_identities (last_seen_hour);
-CREATE INDEX process_identities_name_trgm ON process_identities USING gin (name gin_trgm_ops);
-CREATE INDEX process_identities_command_trgm ON process_identities
-    USING gin (command gin_trgm_ops);
+-- search, rare terms: from a matching text to its identities
+CREATE INDEX process_identities_name_hash ON process_identities (hashtextextended(name, 0));
+CREATE INDEX process_identities_command_hash ON process_identities
+    (hashtextextended(command, 0));
+
+-- No unique key: two writers may add the same new text at once (a duplicate is harmless),
+-- and two texts may share a hash (both are kept).
+CREATE TABLE process_texts (
+    hash bigint NOT NULL,  -- hashtextextended(text, 0)
+    text text   NOT NULL
+);
+CREATE INDEX process_texts_hash ON process_texts (hash);
+CREATE INDEX process_texts_trgm ON process_texts USING gin (text gin_trgm_ops);
+
+INSERT INTO process_texts (hash, text)
+SELECT hashtextextended(t, 0), t
+FROM (SELECT name AS t FROM process_identities UNION SELECT command FROM process_identities) x;
 
 CREATE TABLE process_names (
     server_id  text        NOT NULL,
@@ -73,6 +93,11 @@ BEGIN
     ON CONFLICT (server_id, name) DO UPDATE
         SET first_seen = EXCLUDED.first_seen, command = EXCLUDED.command
         WHERE EXCLUDED.first_seen < n.first_seen;
+    INSERT INTO process_texts (hash, text)
+    SELECT hashtextextended(x.t, 0), x.t
+    FROM (SELECT r.name AS t FROM inserted r UNION SELECT r.command FROM inserted r) x
+    WHERE NOT EXISTS (SELECT 1 FROM process_texts o
+                      WHERE o.hash = hashtextextended(x.t, 0) AND o.text = x.t);
     RETURN NULL;
 END
 $$;
@@ -85,6 +110,11 @@ BEGIN
     ON CONFLICT (server_id, name) DO UPDATE
         SET first_seen = EXCLUDED.first_seen, command = EXCLUDED.command
         WHERE EXCLUDED.first_seen < n.first_seen;
+    INSERT INTO process_texts (hash, text)
+    SELECT hashtextextended(x.t, 0), x.t
+    FROM (VALUES (NEW.name), (NEW.command)) x(t)
+    WHERE NOT EXISTS (SELECT 1 FROM process_texts o
+                      WHERE o.hash = hashtextextended(x.t, 0) AND o.text = x.t);
     RETURN NULL;
 END
 $$;
@@ -94,7 +124,8 @@ CREATE TRIGGER process_names_inserted AFTER INSERT ON process_identities
     FOR EACH STATEMENT EXECUTE FUNCTION process_names_note_inserted();
 CREATE TRIGGER process_names_updated AFTER UPDATE ON process_identities
     FOR EACH ROW
-    WHEN (NEW.first_seen < OLD.first_seen OR NEW.name IS DISTINCT FROM OLD.name)
+    WHEN (NEW.first_seen < OLD.first_seen OR NEW.name IS DISTINCT FROM OLD.name
+          OR NEW.command IS DISTINCT FROM OLD.command)
     EXECUTE FUNCTION process_names_note_updated();
 
 -- For storage retention, after it deleted identities last seen before p_before: a row whose
@@ -126,6 +157,26 @@ LANGUAGE sql AS $$
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM gone)
+$$;
+
+-- For storage retention too: the texts no identity has any more. The lock makes a writer
+-- that is adding an identity with such a text wait, then see it gone and add it again (its
+-- trigger's statement takes its snapshot after its lock). Returns the texts deleted.
+CREATE FUNCTION process_texts_forget()
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    LOCK TABLE process_texts IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM process_texts t
+    WHERE NOT EXISTS (SELECT 1 FROM process_identities i
+                      WHERE hashtextextended(i.name, 0) = t.hash AND i.name = t.text)
+      AND NOT EXISTS (SELECT 1 FROM process_identities i
+                      WHERE hashtextextended(i.command, 0) = t.hash AND i.command = t.text);
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
 $$;
 
 -- 0004's / 0005's functions with the server filter on the index range (last_seen_hour) as

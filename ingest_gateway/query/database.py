@@ -113,7 +113,7 @@ SCHEMA_FUNCTIONS = frozenset({
     "process_group_samples_insert", "rollup_group_minutes", "rollup_process_minutes",
     "rollup_late_after", "rollup_max_rate_gap", "rollup_mark_late_groups",
     "rollup_mark_late_processes", "rollup_source_code", "process_names_forget",
-    "process_names_note_inserted", "process_names_note_updated"})
+    "process_names_note_inserted", "process_names_note_updated", "process_texts_forget"})
 _MISSING_FUNCTION = re.compile(r"function (?:public\.)?(\w+)\(")
 
 

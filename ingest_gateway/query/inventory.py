@@ -100,11 +100,9 @@ def like_literal(text: str) -> str:
 #   lazily (MATERIALIZED CTEs are read as far as needed): a common text stops after a few
 #   hundred. No window condition on that index scan: with one the planner prefers a bitmap
 #   scan of the whole window and a sort (200 ms for 24 h of the benchmark fleet);
-# - only when the walk found fewer and did not cover the window: the planner's choice for
-#   the pattern's actual value (the query pool plans every statement for its values): the
-#   trigram GIN indexes for a rare text; a 1–2 character text has no trigram and reads the
-#   window. Left to itself the planner also takes the GIN indexes for a common text, whose
-#   posting lists it underrates (e.g. 640,000 identities for "rsync": 150 ms).
+# - only when the walk found fewer and did not cover the window: the distinct texts that
+#   match (process_texts: its trigram GIN index, or a scan of it for a 1–2 character text),
+#   then their identities by hash (expression indexes), tested again (a hash may be shared).
 #
 # Ordering by the exact last_seen before the limit would make the walk read every live
 # process first (they all share the newest hour), so when the answer is cut, the cut falls
@@ -127,11 +125,16 @@ WITH recent AS MATERIALIZED (
            OR (SELECT count(*) FROM recent) < {walk}
            OR (SELECT min(r.last_seen_hour) FROM recent r)
               < date_bin('1 hour', $2, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS done
+), matched AS MATERIALIZED (
+    SELECT coalesce(array_agg(DISTINCT t.hash), '{{}}') AS hashes FROM process_texts t
+    WHERE NOT (SELECT done FROM walked) AND t.text ILIKE $1 ESCAPE '\'
 ), found AS (
     SELECT w.* FROM walk w WHERE (SELECT done FROM walked)
     UNION ALL
     (SELECT i.* FROM process_identities i
      WHERE NOT (SELECT done FROM walked)
+       AND (hashtextextended(i.name, 0) = ANY ((SELECT m.hashes FROM matched m)::bigint[])
+            OR hashtextextended(i.command, 0) = ANY ((SELECT m.hashes FROM matched m)::bigint[]))
        AND (i.name ILIKE $1 ESCAPE '\' OR i.command ILIKE $1 ESCAPE '\')
        AND i.first_seen <= $3 AND i.last_seen >= $2
        AND i.last_seen_hour >= date_bin('1 hour', $2, TIMESTAMPTZ '2000-01-01 00:00:00+00')

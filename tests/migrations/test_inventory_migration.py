@@ -1,5 +1,6 @@
-"""Migration 0007: an existing deployment's identities get their process_names rows, and no
-index of the identity tables holds last_seen (the writer's refreshes stay HOT)."""
+"""Migration 0007: an existing deployment's identities get their process_names and
+process_texts rows, and no index of the identity tables holds last_seen (the writer's
+refreshes stay HOT)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-async def test_names_are_backfilled_and_no_index_holds_last_seen(fresh_database, tmp_path):
+async def test_names_and_texts_are_backfilled_and_no_index_holds_last_seen(fresh_database,
+                                                                         tmp_path):
     url = await fresh_database()
     for migration in discover():
         if migration.version <= 5:
@@ -46,10 +48,19 @@ async def test_names_are_backfilled_and_no_index_holds_last_seen(fresh_database,
             "SELECT x.indrelid::regclass::text AS tab, a.attname FROM pg_index x "
             "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey) "
             "WHERE x.indrelid IN ('process_identities'::regclass, 'process_groups'::regclass)")
-        assert {r["attname"] for r in indexed} >= {"last_seen_hour", "name", "command"}
+        assert {r["attname"] for r in indexed} >= {"last_seen_hour"}
         assert "last_seen" not in {r["attname"] for r in indexed}
-        assert await conn.fetchval(
-            "SELECT count(*) FROM pg_index WHERE indexprs IS NOT NULL AND indrelid IN "
-            "('process_identities'::regclass, 'process_groups'::regclass)") == 0
+        # the search's expression indexes hash name and command, nothing that moves
+        expressions = await conn.fetch(
+            "SELECT pg_get_expr(indexprs, indrelid) AS e FROM pg_index WHERE indexprs IS NOT "
+            "NULL AND indrelid IN ('process_identities'::regclass, 'process_groups'::regclass)")
+        assert sorted(r["e"] for r in expressions) == [
+            "hashtextextended(command, (0)::bigint)", "hashtextextended(name, (0)::bigint)"]
+        texts = await conn.fetch("SELECT hash, text FROM process_texts ORDER BY text")
+        assert [r["text"] for r in texts] == [
+            "cron", "cron -f", "nginx", "nginx --b", "nginx --first", "nginx --second"]
+        for row in texts:
+            assert row["hash"] == await conn.fetchval("SELECT hashtextextended($1, 0)",
+                                                      row["text"])
     finally:
         await conn.close()

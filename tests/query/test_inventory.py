@@ -277,6 +277,18 @@ async def test_forget_drops_names_whose_history_expired_and_they_are_new_again(
     assert [n[0] for n in await new_names(query_gateway, 0, 100)] == ["gone"]
 
 
+async def test_a_process_that_execs_is_found_by_its_new_command_on_the_index_path(
+        query_gateway, fleet, db, monkeypatch):
+    from ingest_gateway.query import inventory
+    monkeypatch.setattr(inventory, "WALK_ROWS", 1)
+    await db.execute("UPDATE process_identities SET name = 'gunicorn', "
+                     "command = 'gunicorn app:wsgi --workers 4' WHERE pid = 13")
+
+    assert [p["pid"] for p in await search(query_gateway, "app:wsgi")] == [13]
+    assert [p["pid"] for p in await search(query_gateway, "gunicorn")] == [13]
+    assert [p["pid"] for p in await search(query_gateway, "50xyx")] == []
+
+
 async def test_short_and_long_texts_find_the_same_processes_with_or_without_trigrams(
         query_gateway, fleet):
     # 1–2 characters have no trigram: the search walks the window instead of the GIN index
@@ -290,7 +302,8 @@ async def test_short_and_long_texts_find_the_same_processes_with_or_without_trig
 async def test_the_walk_and_the_index_path_give_the_same_answers(query_gateway, fleet,
                                                                   monkeypatch, walk_rows):
     # walk_rows 1 and 2: the walk finds too few matches without covering the window, so
-    # the second path (trigram indexes, or the window for 1–2 characters) answers
+    # the second path (process_texts: its trigram index, or a scan of it for 1–2
+    # characters, then the identities by hash) answers
     from ingest_gateway.query import inventory
     monkeypatch.setattr(inventory, "WALK_ROWS", walk_rows)
     assert [p["pid"] for p in await search(query_gateway, "nginx")] == [10, 11]

@@ -124,6 +124,10 @@ async def test_identities_expire_with_their_history_and_live_ones_stay(conn):
     # /api/processes/new forgets a name whose whole history expired
     assert report.retention.forgotten_names == 2
     assert await names(conn, "process_names") == ["live"]
+    # and the search's dictionary forgets their names and command lines
+    assert report.retention.forgotten_texts == 4
+    assert sorted(r["text"] for r in await conn.fetch("SELECT text FROM process_texts")) == [
+        "/usr/bin/live", "live"]
     assert await names(conn, "process_groups") == ["livegroup"]
     assert await conn.fetchval("SELECT count(*) FROM process_samples") == 40
     assert await conn.fetchval("SELECT count(*) FROM process_group_samples") == 40
