@@ -23,8 +23,6 @@ database is created on that server and dropped at the end).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import random
 import shutil
 import statistics
@@ -41,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg  # noqa: E402
 
 from bench.fleet_day import COMMANDS, KERNEL_THREADS, NAMES, SHORT, USERS  # noqa: E402
+from bench.postgres import run_on_postgres  # noqa: E402
 from digest_worker.identity import IDENTITY_COLUMNS, process_key  # noqa: E402
 from ingest_gateway.query.database import SERVER_SETTINGS  # noqa: E402
 from ingest_gateway.query.inventory import (  # noqa: E402
@@ -357,19 +356,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.hosts, args.days, args.runs = 10, 3, 5
-    if os.environ.get("DATABASE_URL"):
-        asyncio.run(with_database(os.environ["DATABASE_URL"], args))
-        return
-    from procfleet.embedded import EmbeddedPostgres
-    data_dir = Path(tempfile.mkdtemp(prefix="procfleet-bench-inventory-"))
-    data_dir.chmod(0o755)
-    server = EmbeddedPostgres(data_dir / "pgdata")
-    server.start()
-    try:
-        asyncio.run(with_database(server.url, args))
-    finally:
-        server.remove()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    run_on_postgres(lambda admin_url: with_database(admin_url, args), "inventory")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,8 @@ database is created on that server and dropped at the end).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -42,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
+from bench.postgres import run_on_postgres  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from digest_worker.compaction import run_storage_upkeep  # noqa: E402
 from digest_worker.rollup import RollupJob, rebuild_fleet  # noqa: E402
@@ -49,7 +46,6 @@ from ingest_gateway.query.database import SERVER_SETTINGS, STATEMENT_TIMEOUT_MS 
 from ingest_gateway.query.params import TimeRange, TopParams  # noqa: E402
 from ingest_gateway.query.top import top_processes  # noqa: E402
 from migrations.runner import migrate  # noqa: E402
-from procfleet.embedded import EmbeddedPostgres  # noqa: E402
 
 WINDOWS_H = (1, 24, 168)
 PROCESS_NAMES = 40
@@ -314,18 +310,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.servers, args.groups, args.days, args.runs, args.raw_runs = 20, 50, 2, 10, 3
-    if os.environ.get("DATABASE_URL"):
-        asyncio.run(with_database(os.environ["DATABASE_URL"], args))
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="procfleet-bench-query-"))
-    data_dir.chmod(0o755)
-    server = EmbeddedPostgres(data_dir / "pgdata")
-    server.start()
-    try:
-        asyncio.run(with_database(server.url, args))
-    finally:
-        server.remove()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    run_on_postgres(lambda admin_url: with_database(admin_url, args), "query")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,7 @@ database is created on that server and dropped at the end).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -32,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg  # noqa: E402
 
 from bench.fleet_day import FleetDay  # noqa: E402
+from bench.postgres import run_on_postgres  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from digest_worker.retention import ROLLUP_TABLES  # noqa: E402
 from digest_worker.rollup import RollupJob  # noqa: E402
 from digest_worker.timestamps import install_codec  # noqa: E402
 from digest_worker.writer import BatchWriter  # noqa: E402
 from migrations.runner import migrate  # noqa: E402
-from procfleet.embedded import EmbeddedPostgres  # noqa: E402
 
 BATCH_MESSAGES = 20_000
 
@@ -111,18 +107,7 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=15.0)
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
-    if os.environ.get("DATABASE_URL"):
-        asyncio.run(with_database(os.environ["DATABASE_URL"], args))
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="procfleet-bench-rollup-tiers-"))
-    data_dir.chmod(0o755)
-    server = EmbeddedPostgres(data_dir / "pgdata")
-    server.start()
-    try:
-        asyncio.run(with_database(server.url, args))
-    finally:
-        server.remove()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    run_on_postgres(lambda admin_url: with_database(admin_url, args), "rollup-tiers")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ databases are created on that server and dropped at the end).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg  # noqa: E402
 
 from bench.fleet_day import FleetDay  # noqa: E402
+from bench.postgres import run_on_postgres  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from digest_worker.rollup import (  # noqa: E402
     CELL_COLUMNS,
@@ -51,7 +50,6 @@ from digest_worker.rollup import (  # noqa: E402
 from digest_worker.timestamps import install_codec  # noqa: E402
 from digest_worker.writer import BatchWriter  # noqa: E402
 from migrations.runner import discover, migrate  # noqa: E402
-from procfleet.embedded import EmbeddedPostgres  # noqa: E402
 
 OLD_TABLES = {"p": "process_samples", "g": "process_group_samples", "s": "snapshots"}
 OLD_COLUMNS = {
@@ -294,18 +292,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.hosts, args.hours = 1, 4
-    if os.environ.get("DATABASE_URL"):
-        asyncio.run(with_databases(os.environ["DATABASE_URL"], args))
-        return
-    data_dir = Path(tempfile.mkdtemp(prefix="procfleet-bench-storage-"))
-    data_dir.chmod(0o755)
-    server = EmbeddedPostgres(data_dir / "pgdata")
-    server.start()
-    try:
-        asyncio.run(with_databases(server.url, args))
-    finally:
-        server.remove()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    run_on_postgres(lambda admin_url: with_databases(admin_url, args), "storage")
 
 
 if __name__ == "__main__":

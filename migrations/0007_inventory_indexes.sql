@@ -57,12 +57,13 @@ CREATE TABLE process_texts (
     hash bigint NOT NULL,  -- hashtextextended(text, 0)
     text text   NOT NULL
 );
-CREATE INDEX process_texts_hash ON process_texts (hash);
-CREATE INDEX process_texts_trgm ON process_texts USING gin (text gin_trgm_ops);
 
+-- Backfilled before its indexes are built: one sorted build each, not row by row.
 INSERT INTO process_texts (hash, text)
 SELECT hashtextextended(t, 0), t
 FROM (SELECT name AS t FROM process_identities UNION SELECT command FROM process_identities) x;
+CREATE INDEX process_texts_hash ON process_texts (hash);
+CREATE INDEX process_texts_trgm ON process_texts USING gin (text gin_trgm_ops);
 
 CREATE TABLE process_names (
     server_id  text        NOT NULL,
