@@ -28,15 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
+from bench.postgres import scratch_database  # noqa: E402
 from migrations.runner import migrate  # noqa: E402
 from procfleet.embedded import EmbeddedPostgres  # noqa: E402
 from procfleet.export.sources import SOURCES  # noqa: E402
@@ -124,21 +123,9 @@ async def run_bench(url: str, args: argparse.Namespace, work: Path) -> None:
     await conn.close()
 
 
-def scratch_database(url: str) -> tuple[str, str]:
-    name = f"procfleet_bench_export_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(url)
-    return name, urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
 async def with_database(admin_url: str, args: argparse.Namespace, work: Path) -> None:
-    name, url = scratch_database(admin_url)
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    async with scratch_database(admin_url, "export") as url:
         await run_bench(url, args, work)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

@@ -29,17 +29,15 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
 from bench.fleet_day import COMMANDS, KERNEL_THREADS, NAMES, SHORT, USERS  # noqa: E402
-from bench.postgres import run_on_postgres  # noqa: E402
+from bench.postgres import run_on_postgres, scratch_database  # noqa: E402
 from digest_worker.identity import IDENTITY_COLUMNS, process_key  # noqa: E402
 from ingest_gateway.query.database import SERVER_SETTINGS  # noqa: E402
 from ingest_gateway.query.inventory import (  # noqa: E402
@@ -331,16 +329,8 @@ async def run(url: str, args: argparse.Namespace) -> None:
 
 
 async def with_database(admin_url: str, args: argparse.Namespace) -> None:
-    name = f"procfleet_bench_inventory_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(admin_url)
-    url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    async with scratch_database(admin_url, "inventory") as url:
         await run(url, args)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

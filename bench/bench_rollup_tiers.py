@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
 from bench.fleet_day import FleetDay  # noqa: E402
-from bench.postgres import run_on_postgres  # noqa: E402
+from bench.postgres import run_on_postgres, scratch_database  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from digest_worker.retention import ROLLUP_TABLES  # noqa: E402
 from digest_worker.rollup import RollupJob  # noqa: E402
@@ -85,17 +83,9 @@ async def run(url: str, args: argparse.Namespace) -> None:
 
 
 async def with_database(admin_url: str, args: argparse.Namespace) -> None:
-    name = f"procfleet_bench_rollup_tiers_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(admin_url)
-    url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+    async with scratch_database(admin_url, "rollup_tiers") as url:
         await migrate(url)
         await run(url, args)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

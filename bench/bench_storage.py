@@ -29,17 +29,15 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncpg  # noqa: E402
 
 from bench.fleet_day import FleetDay  # noqa: E402
-from bench.postgres import run_on_postgres  # noqa: E402
+from bench.postgres import run_on_postgres, scratch_database  # noqa: E402
 from digest_worker import partitions  # noqa: E402
 from digest_worker.rollup import (  # noqa: E402
     CELL_COLUMNS,
@@ -251,21 +249,10 @@ async def report_sizes(conns: dict[str, asyncpg.Connection], counts: dict[str, i
           "rollups, snapshots and whole database / process samples)")
 
 
-def scratch(url: str, label: str) -> tuple[str, str]:
-    name = f"procfleet_bench_storage_{label}_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(url)
-    return name, urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
 async def with_databases(admin_url: str, args: argparse.Namespace) -> None:
-    admin = await asyncpg.connect(admin_url)
-    names, urls = [], {}
-    try:
-        for label in ("before", "after"):
-            name, url = scratch(admin_url, label)
-            await admin.execute(f'CREATE DATABASE "{name}"')
-            names.append(name)
-            urls[label] = url
+    async with (scratch_database(admin_url, "storage_before") as before,
+                scratch_database(admin_url, "storage_after") as after):
+        urls = {"before": before, "after": after}
         with tempfile.TemporaryDirectory() as old_dir:
             for migration in discover():
                 if migration.version <= 2:
@@ -273,10 +260,6 @@ async def with_databases(admin_url: str, args: argparse.Namespace) -> None:
             await migrate(urls["before"], Path(old_dir))
         await migrate(urls["after"])
         await run(urls, args)
-    finally:
-        for name in names:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

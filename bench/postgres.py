@@ -5,11 +5,16 @@ EmbeddedPostgres, removed afterwards wherever its data lives (procfleet/embedded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from procfleet.embedded import EmbeddedPostgres
 
@@ -28,3 +33,18 @@ def run_on_postgres(main: Callable[[str], Awaitable[None]], label: str) -> None:
     finally:
         server.remove()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(admin_url: str, label: str) -> AsyncIterator[str]:
+    """A new, empty database on ``admin_url``'s server for the bench (its URL), dropped after
+    it whatever happens."""
+    name = f"procfleet_bench_{label}_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(admin_url)
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
